@@ -1,0 +1,311 @@
+"""``mercato``: one command line for every role. Commands parse arguments and call the library."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from mercato import __version__
+from mercato.config import Config, dump_config, load_config
+from mercato.errors import MercatoError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def friendly(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn Mercato's own errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MercatoError as exc:
+            errors.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _config(ctx: click.Context) -> Config:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("config_path"))
+        except MercatoError as exc:
+            errors.print(f"[red]error:[/] {exc}", highlight=False)
+            sys.exit(2)
+    config: Config = obj["config"]
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="MERCATO_CONFIG",
+    help="TOML configuration file (default: none; MERCATO_* variables still apply).",
+)
+@click.version_option(__version__, prog_name="mercato")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Mercato turns a commerce platform's event stream into per-merchant metrics."""
+    ctx.ensure_object(dict)["config_path"] = config_path
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Default: ./mercato-demo.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second.")
+@click.option("--merchants", type=int, default=2000, show_default=True)
+@click.pass_context
+@friendly
+def demo(
+    ctx: click.Context, data_dir: str | None, duration: float | None, rate: float, merchants: int
+) -> None:
+    """Run the embedded pipeline with generated traffic and watch events arrive."""
+    from mercato.demo.runner import default_demo_dir, run_demo
+
+    config = _config(ctx)
+    if data_dir is not None or ctx.obj.get("config_path") is None:
+        config = msgspec.structs.replace(config, data_dir=str(data_dir or default_demo_dir()))
+    stats = run_demo(config, duration=duration, rate=rate, merchants=merchants, console=console)
+    console.print(
+        f"generator: {stats.events_acknowledged:,} events acknowledged in {stats.requests:,} "
+        f"requests ({stats.duplicates_sent:,} sent twice on purpose, {stats.retries} retries)"
+    )
+
+
+@cli.command(hidden=True)
+@click.option("--url", required=True)
+@click.option("--key", required=True)
+@click.option("--rate", type=float, default=2000.0)
+@click.option("--merchants", type=int, default=2000)
+@click.option("--duration", type=float)
+def traffic(url: str, key: str, rate: float, merchants: int, duration: float | None) -> None:
+    """Send generated traffic to a collector; prints what was acknowledged as JSON."""
+    from mercato.demo.traffic import TrafficGenerator, TrafficSender
+
+    sender = TrafficSender(url, key, TrafficGenerator(merchants), rate=rate)
+    signal.signal(signal.SIGTERM, lambda *_: sender.stop())
+    signal.signal(signal.SIGINT, lambda *_: sender.stop())
+    stats = sender.run(duration)
+    click.echo(msgspec.json.encode(stats).decode())
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def run() -> None:
+    """Run one role of the pipeline in the foreground."""
+
+
+@run.command("collector")
+@click.pass_context
+@friendly
+def run_collector(ctx: click.Context) -> None:
+    """The HTTP ingest endpoint ([collector] host and port)."""
+    from mercato.collector.server import serve
+
+    serve(_config(ctx))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Write keys that producers authenticate with (stored hashed)."""
+
+
+def _key_store(ctx: click.Context) -> Any:
+    from mercato.collector.keys import KeyStore
+
+    return KeyStore(_config(ctx).keys_path)
+
+
+@keys.command("create")
+@click.option("--source", required=True, help="Name of the source the key sends for.")
+@click.pass_context
+@friendly
+def keys_create(ctx: click.Context, source: str) -> None:
+    """Create a key; the secret is printed once and never stored."""
+    key, secret = _key_store(ctx).create(source)
+    console.print(f"id      {key.id}\nsource  {key.source}\nkey     {secret}", highlight=False)
+    errors.print("store the key now: only its hash is kept", style="yellow")
+
+
+@keys.command("list")
+@click.pass_context
+@friendly
+def keys_list(ctx: click.Context) -> None:
+    """List keys (ids and sources, never secrets)."""
+    table = Table("id", "source", "created", "revoked")
+    for key in _key_store(ctx).list():
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
+        table.add_row(key.id, key.source, key.created_at.isoformat(timespec="seconds"), revoked)
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+@friendly
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key; collectors refuse it within a second."""
+    key = _key_store(ctx).revoke(key_id)
+    console.print(f"revoked {key.id} (source {key.source})")
+
+
+# -- log ----------------------------------------------------------------------------------------
+
+
+@cli.group("log")
+def log_group() -> None:
+    """Inspect the durable event log."""
+
+
+def _open_log(ctx: click.Context) -> Any:
+    from mercato.log import open_log
+
+    config = _config(ctx)
+    if not config.log_path.exists():
+        raise MercatoError(f"no log at {config.log_path} (set data_dir or --config)")
+    return open_log(config)
+
+
+@log_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@friendly
+def log_stats(ctx: click.Context, as_json: bool) -> None:
+    """Per-partition offsets, sizes, segments and times."""
+    with _open_log(ctx) as log:
+        stats = log.stats()
+    if as_json:
+        click.echo(msgspec.json.encode(stats).decode())
+        return
+    table = Table("partition", "start", "end", "records", "bytes", "segments", "oldest", "newest")
+    for s in stats:
+        table.add_row(
+            str(s.partition),
+            f"{s.start_offset:,}",
+            f"{s.end_offset:,}",
+            f"{s.end_offset - s.start_offset:,}",
+            f"{s.size_bytes:,}" if s.size_bytes is not None else "",
+            str(s.segments or ""),
+            _ms(s.oldest_timestamp_ms),
+            _ms(s.newest_timestamp_ms),
+        )
+    console.print(table)
+
+
+def _ms(value: int | None) -> str:
+    if value is None:
+        return ""
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="seconds")
+
+
+@log_group.command("tail")
+@click.option("-p", "--partition", type=int, multiple=True, help="Only these partitions.")
+@click.option("-n", "--lines", type=int, default=10, show_default=True, help="Records each.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records.")
+@click.pass_context
+@friendly
+def log_tail(ctx: click.Context, partition: tuple[int, ...], lines: int, follow: bool) -> None:
+    """Print the last records of each partition as JSON lines."""
+    from mercato.log.base import LogReader
+
+    with _open_log(ctx) as log:
+        chosen = partition or tuple(range(log.partitions))
+        for p in chosen:
+            if not 0 <= p < log.partitions:
+                raise MercatoError(f"partition {p} does not exist (0..{log.partitions - 1})")
+        readers = [
+            LogReader(log, p, max(log.start_offset(p), log.end_offset(p) - lines)) for p in chosen
+        ]
+        for reader in readers:
+            for entry in reader:
+                _print_entry(entry)
+        try:
+            while follow:
+                for reader in readers:
+                    for entry in reader.poll(timeout=0.2 / len(readers)):
+                        _print_entry(entry)
+        except KeyboardInterrupt:
+            pass
+
+
+def _print_entry(entry: Any) -> None:
+    try:
+        value: Any = msgspec.json.decode(entry.value)
+    except msgspec.DecodeError:
+        value = entry.value.decode("utf-8", "replace")
+    line = {
+        "partition": entry.partition,
+        "offset": entry.offset,
+        "appended_at": _ms(entry.timestamp_ms),
+        "key": entry.key,
+        "value": value,
+    }
+    click.echo(msgspec.json.encode(line).decode())
+
+
+@log_group.command("check")
+@click.pass_context
+@friendly
+def log_check(ctx: click.Context) -> None:
+    """Verify every frame's checksum; exit 1 if anything is corrupt."""
+    with _open_log(ctx) as log:
+        problems = log.verify()
+    for problem in problems:
+        errors.print(f"[red]corrupt:[/] {problem}", highlight=False)
+    if problems:
+        sys.exit(1)
+    console.print("log is healthy")
+
+
+@log_group.command("retention")
+@click.pass_context
+@friendly
+def log_retention(ctx: click.Context) -> None:
+    """Delete segments past [log] retention_hours / retention_bytes now."""
+    with _open_log(ctx) as log:
+        deleted = log.enforce_retention()
+    console.print(f"deleted {deleted} segment(s)")
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show the configuration."""
+
+
+@config_group.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective configuration (file + environment + defaults) as TOML."""
+    click.echo(dump_config(_config(ctx)), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="mercato")

@@ -1,0 +1,193 @@
+"""``mercato demo``: the embedded pipeline on one machine, with generated traffic.
+
+The collector and the traffic generator run as separate processes (so both cores work) under
+one data directory; this process watches the log and shows events flowing into it. Ctrl-C
+stops the generator first, then the collector, which finishes the requests in flight.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mercato.collector.keys import KeyStore
+from mercato.config import Config
+from mercato.demo.traffic import TrafficStats
+from mercato.errors import MercatoError
+from mercato.log import open_log
+from mercato.log.base import Log
+
+
+class DemoError(MercatoError):
+    """The demo could not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_until_ready(
+    host: str, port: int, process: subprocess.Popen[bytes], timeout: float
+) -> None:
+    """Poll ``/readyz`` until it answers 200; fail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"the collector exited with status {process.returncode}")
+        try:
+            connection = http.client.HTTPConnection(host, port, timeout=1)
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise DemoError(f"the collector did not become ready within {timeout:.0f} s")
+
+
+def run_demo(
+    config: Config,
+    *,
+    duration: float | None,
+    rate: float,
+    merchants: int,
+    console: Console,
+) -> TrafficStats:
+    """Run collector + traffic until Ctrl-C or ``duration``; return what was acknowledged."""
+    host = config.collector.host
+    port = config.collector.port
+    if not port_is_free(host, port):
+        port = free_port(host)
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    _, secret = KeyStore(config.keys_path).create("demo")
+    env = {
+        **os.environ,
+        "MERCATO_DATA_DIR": str(config.data_path.resolve()),
+        "MERCATO_COLLECTOR_HOST": host,
+        "MERCATO_COLLECTOR_PORT": str(port),
+        "MERCATO_LOG_PARTITIONS": str(config.log.partitions),
+    }
+    url = f"http://{host}:{port}"
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "mercato", "run", "collector"], env=env, stdout=subprocess.DEVNULL
+    )
+    traffic: subprocess.Popen[bytes] | None = None
+    stats = TrafficStats()
+    try:
+        wait_until_ready(host, port, collector, timeout=30)
+        console.print(f"[bold]collector[/] {url}  (data in {config.data_path.resolve()})")
+        console.print(f"[bold]write key[/] {secret}  (source 'demo')")
+        console.print(
+            f'try: curl -u {secret}: -H "Content-Type: application/json" {url}/v1/events '
+            '-d \'[{"type":"page_viewed","merchant_id":"m_1",'
+            '"timestamp":"2026-01-01T00:00:00Z"}]\''
+        )
+        traffic = subprocess.Popen(
+            [
+                sys.executable, "-m", "mercato", "traffic", "--url", url, "--key", secret,
+                "--rate", str(rate), "--merchants", str(merchants),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        log = open_log(config)
+        try:
+            _watch(log, duration, console, lambda: collector.poll() is not None)
+        finally:
+            log.close()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if traffic is not None:
+            stats = _stop_traffic(traffic)
+        _stop(collector)
+    return stats
+
+
+def _watch(log: Log, duration: float | None, console: Console, died: Callable[[], bool]) -> None:
+    deadline = None if duration is None else time.monotonic() + duration
+    started = time.monotonic()
+    first = sum(log.end_offset(p) for p in range(log.partitions))
+    last_total, last_time = first, started
+    interactive = console.is_terminal
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(1.0)
+            if died():
+                raise DemoError("the collector stopped unexpectedly")
+            ends = [log.end_offset(p) for p in range(log.partitions)]
+            total, now = sum(ends), time.monotonic()
+            rate = (total - last_total) / (now - last_time)
+            last_total, last_time = total, now
+            if interactive:
+                live.update(_table(ends, rate, total - first, now - started), refresh=True)
+            else:
+                console.print(
+                    f"{now - started:5.0f}s  {rate:9.0f} events/s  {total:10d} in the log",
+                    highlight=False,
+                )
+
+
+def _table(ends: list[int], rate: float, added: int, elapsed: float) -> Table:
+    table = Table(title=f"events flowing into the log ({elapsed:.0f} s, Ctrl-C to stop)")
+    table.add_column("partition", justify="right")
+    table.add_column("end offset", justify="right")
+    for partition, end in enumerate(ends):
+        table.add_row(str(partition), f"{end:,}")
+    table.add_section()
+    table.add_row("events/s", f"{rate:,.0f}")
+    table.add_row("added", f"{added:,}")
+    table.add_row("total", f"{sum(ends):,}")
+    return table
+
+
+def _stop_traffic(process: subprocess.Popen[bytes]) -> TrafficStats:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        out, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    try:
+        return msgspec.json.decode(out.strip().splitlines()[-1], type=TrafficStats)
+    except (IndexError, msgspec.DecodeError):
+        return TrafficStats()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def default_demo_dir() -> Path:
+    return Path("mercato-demo")

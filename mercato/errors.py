@@ -1,0 +1,24 @@
+"""The root of Mercato's exceptions.
+
+Every error Mercato raises on purpose derives from :class:`MercatoError`; each role adds its
+own subclasses in its ``errors.py``::
+
+    MercatoError
+    ├── ConfigError                 (mercato.config)
+    ├── EventError                  (mercato.events.errors)
+    │   ├── InvalidEventError
+    │   └── EventTooLargeError
+    ├── LogError                    (mercato.log.errors)
+    │   ├── LogCorruptionError
+    │   ├── LogWriteError
+    │   ├── LogLayoutError
+    │   └── OffsetOutOfRangeError
+    └── KeyStoreError               (mercato.collector.errors)
+
+The CLI turns a ``MercatoError`` into a one-line message and a non-zero exit status, never a
+traceback.
+"""
+
+
+class MercatoError(Exception):
+    """Base class of every error Mercato raises on purpose."""

@@ -1,0 +1,19 @@
+"""The durable, partitioned event log between collectors and every consumer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mercato.log.base import Log, LogEntry, LogReader, Position, Record, partition_for
+
+if TYPE_CHECKING:
+    from mercato.config import Config
+
+__all__ = ["Log", "LogEntry", "LogReader", "Position", "Record", "open_log", "partition_for"]
+
+
+def open_log(config: Config) -> Log:
+    """The log the configuration names (``[log] backend``), opened and recovered."""
+    from mercato.log.file import FileLog
+
+    return FileLog(config.log_path, config.log)

@@ -1,0 +1,140 @@
+"""The log interface, in Kafka's terms.
+
+A log has a fixed number of partitions. Every record carries a key (the merchant id) and is
+routed to ``partition_for(key, partitions)``; records of one key therefore keep their order
+and one reader owns all of a merchant's records. Within a partition each record gets the next
+offset, starting at 0. ``append`` returns only once every record is durable; readers read
+from any offset up to the partition's end offset (the high watermark: records at or past it
+are not durable yet and are never shown). Consumers keep their own offsets; the log stores
+none of them.
+
+Partitioner (stable, documented, shared with producers that write to Kafka directly):
+``crc32(key.encode("utf-8")) % partitions``, where crc32 is the ISO-HDLC CRC-32 of zlib; this
+is what librdkafka's ``consistent`` partitioner computes for a keyed message.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+
+class Record(msgspec.Struct, frozen=True):
+    """One record to append: ``key`` routes it, ``value`` is opaque bytes."""
+
+    key: str
+    value: bytes
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where an appended record landed."""
+
+    partition: int
+    offset: int
+
+
+class LogEntry(msgspec.Struct, frozen=True):
+    """One record read back, with its position and the time it was appended."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str
+    value: bytes
+
+
+class PartitionStats(msgspec.Struct, frozen=True):
+    """What ``mercato log stats`` shows for a partition; backends fill what they know."""
+
+    partition: int
+    start_offset: int
+    end_offset: int
+    size_bytes: int | None = None
+    segments: int | None = None
+    oldest_timestamp_ms: int | None = None
+    newest_timestamp_ms: int | None = None
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition of ``key``: CRC-32 of its UTF-8 bytes modulo the partition count."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@runtime_checkable
+class Log(Protocol):
+    """A partitioned, append-only, durable record log (the file log, Kafka, memory)."""
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions; fixed for the life of the log."""
+        ...
+
+    def append(self, records: Sequence[Record]) -> list[Position]:
+        """Append ``records`` durably; return each record's position, in input order.
+
+        Raises :class:`~mercato.log.errors.LogWriteError` when the records could not be made
+        durable; none of them is then acknowledged (readers may still see some of them if the
+        process died half way, which is why events carry ids and consumers drop duplicates).
+        """
+        ...
+
+    def read(self, partition: int, offset: int, max_records: int = 1000) -> list[LogEntry]:
+        """Up to ``max_records`` durable records of ``partition`` from ``offset`` on.
+
+        Returns an empty list at the end of the partition. Raises
+        :class:`~mercato.log.errors.OffsetOutOfRangeError` for an offset deleted by retention
+        and :class:`~mercato.log.errors.LogCorruptionError` for data that fails its checksum.
+        """
+        ...
+
+    def start_offset(self, partition: int) -> int:
+        """The oldest offset still kept in ``partition``."""
+        ...
+
+    def end_offset(self, partition: int) -> int:
+        """The offset the next record of ``partition`` will get (the high watermark)."""
+        ...
+
+    def stats(self) -> list[PartitionStats]:
+        """Per-partition offsets and, where the backend knows them, sizes and times."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections; appends in flight finish first."""
+        ...
+
+
+class LogReader:
+    """Reads one partition from an offset on, remembering its position between polls."""
+
+    def __init__(self, log: Log, partition: int, offset: int, poll_interval: float = 0.05):
+        self._log = log
+        self.partition = partition
+        self.position = offset
+        self._poll_interval = poll_interval
+
+    def poll(self, max_records: int = 1000, timeout: float = 0.0) -> list[LogEntry]:
+        """The next records, waiting up to ``timeout`` seconds for some to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self._log.read(self.partition, self.position, max_records)
+            if entries:
+                self.position = entries[-1].offset + 1
+                return entries
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            time.sleep(min(self._poll_interval, remaining))
+
+    def __iter__(self) -> Iterator[LogEntry]:
+        """Every record up to the current end of the partition."""
+        while entries := self.poll():
+            yield from entries

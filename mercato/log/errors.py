@@ -1,0 +1,42 @@
+"""Errors of the log role.
+
+::
+
+    MercatoError
+    └── LogError
+        ├── LogCorruptionError      a stored frame fails its checksum: refuse, never skip
+        ├── LogWriteError           an append could not be made durable (disk full, I/O error)
+        ├── LogLayoutError          the log on disk does not match the configuration
+        └── OffsetOutOfRangeError   the offset was deleted by retention
+"""
+
+from mercato.errors import MercatoError
+
+
+class LogError(MercatoError):
+    """Base class of the log's errors."""
+
+
+class LogCorruptionError(LogError):
+    """Stored data failed its checksum or framing; the log refuses to go past it."""
+
+
+class LogWriteError(LogError):
+    """An append was not made durable; none of its records were acknowledged."""
+
+
+class LogLayoutError(LogError):
+    """The log directory does not match the configuration (e.g. a different partition count)."""
+
+
+class OffsetOutOfRangeError(LogError):
+    """The requested offset is older than the oldest record still kept."""
+
+    def __init__(self, partition: int, offset: int, start: int) -> None:
+        super().__init__(
+            f"partition {partition}: offset {offset} was deleted by retention; "
+            f"the oldest kept offset is {start}"
+        )
+        self.partition = partition
+        self.offset = offset
+        self.start = start

@@ -1,0 +1,115 @@
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from mercato.events.errors import EventTooLargeError, InvalidEventError
+from mercato.events.model import decode_event
+from mercato.events.native import decode_native, normalize_native
+from mercato.events.rules import EventRules
+
+RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def event(**overrides):
+    base = {"type": "order_completed", "merchant_id": "m_1", "timestamp": "2026-11-26T11:59:00Z"}
+    return {**base, **overrides}
+
+
+def normalize(events, rules=EventRules(), *, ndjson=False):
+    if ndjson:
+        body = b"\n".join(msgspec.json.encode(e) for e in events) + b"\n"
+    else:
+        body = msgspec.json.encode(events)
+    return normalize_native(decode_native(body, ndjson=ndjson), RECEIVED, "web", rules)
+
+
+def test_array_and_ndjson_give_the_same_events():
+    events = [event(event_id="a", properties={"amount": 1999}), event(event_id="b")]
+    as_array = [decode_event(r.value) for r in normalize(events)]
+    as_lines = [decode_event(r.value) for r in normalize(events, ndjson=True)]
+    assert as_array == as_lines
+    assert [e.event_id for e in as_array] == ["a", "b"]
+    assert as_array[0].properties == {"amount": 1999}
+
+
+def test_normalized_fields():
+    (record,) = normalize([event(event_id="e1", context={"channel": "web"})])
+    assert record.key == "m_1"
+    got = decode_event(record.value)
+    assert got.merchant_id == "m_1"
+    assert got.type == "order_completed"
+    assert got.event_time == datetime(2026, 11, 26, 11, 59, tzinfo=UTC)
+    assert got.original_timestamp == got.event_time
+    assert got.sent_at is None
+    assert got.received_at == RECEIVED
+    assert got.context == {"channel": "web"}
+    assert got.source == "web"
+
+
+def test_missing_event_ids_are_generated_unique():
+    records = normalize([event(), event(), event()])
+    ids = {decode_event(r.value).event_id for r in records}
+    assert len(ids) == 3
+    again = {decode_event(r.value).event_id for r in normalize([event()])}
+    assert not ids & again
+
+
+def test_sent_at_corrects_client_clock_skew():
+    # client clock is 2 hours behind: it stamped 09:59 and sent at 10:00 its time
+    (record,) = normalize([event(timestamp="2026-11-26T09:59:00Z", sent_at="2026-11-26T10:00:00Z")])
+    assert decode_event(record.value).event_time == RECEIVED - timedelta(minutes=1)
+
+
+def test_offsets_are_converted_to_utc():
+    (record,) = normalize([event(timestamp="2026-11-26T17:14:00+05:45")])
+    got = decode_event(record.value)
+    assert got.event_time == datetime(2026, 11, 26, 11, 29, tzinfo=UTC)
+    assert got.event_time.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("events", "index", "field"),
+    [
+        ([event(), {"type": "x", "timestamp": "2026-11-26T00:00:00Z"}], 1, "merchant_id"),
+        ([event(), event(), event(type=5)], 2, "type"),
+        ([event(timestamp="2026-11-26T11:59:00")], 0, "timestamp"),
+        ([event(timestamp="yesterday")], 0, "timestamp"),
+        ([event(merchant_id="")], 0, "merchant_id"),
+        ([event(properties=[1, 2])], 0, "properties"),
+        ([event(), event(context="web")], 1, "context"),
+        ([event(merchantId="m")], 0, "merchantId"),
+    ],
+)
+def test_errors_name_the_event_and_field(events, index, field):
+    with pytest.raises(InvalidEventError) as info:
+        normalize(events)
+    assert (info.value.index, info.value.field) == (index, field)
+    assert f"event {index}" in str(info.value)
+
+
+def test_ndjson_errors_name_the_line():
+    with pytest.raises(InvalidEventError) as info:
+        normalize([event(), event(), {"type": "x"}], ndjson=True)
+    assert info.value.index == 2
+
+
+def test_bad_json_is_an_invalid_event_error():
+    with pytest.raises(InvalidEventError, match="not valid JSON"):
+        decode_native(b'[{"type": ', ndjson=False)
+
+
+def test_future_timestamps_are_rejected_past_the_limit():
+    rules = EventRules(max_future=timedelta(hours=1))
+    normalize([event(timestamp="2026-11-26T12:59:00Z")], rules)
+    with pytest.raises(InvalidEventError) as info:
+        normalize([event(), event(timestamp="2026-11-26T13:01:00Z")], rules)
+    assert (info.value.index, info.value.field) == (1, "timestamp")
+
+
+def test_oversized_event_is_rejected_with_its_index():
+    rules = EventRules(max_event_bytes=1024)
+    big = event(properties={"blob": "x" * 2000})
+    with pytest.raises(EventTooLargeError) as info:
+        normalize([event(), big], rules)
+    assert info.value.index == 1

@@ -1,0 +1,147 @@
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from mercato.events.errors import InvalidEventError
+from mercato.events.model import decode_event
+from mercato.events.rules import EventRules
+from mercato.events.segment import decode_batch, decode_single, normalize_segment
+
+RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def normalize_batch(body, rules=EventRules()):
+    batch = decode_batch(msgspec.json.encode(body))
+    return [decode_event(r.value) for r in normalize_segment(batch, RECEIVED, "web", rules)]
+
+
+def track(**overrides):
+    base = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "msg-1",
+        "properties": {"merchant_id": "m_7", "revenue": 1999},
+    }
+    return {**base, **overrides}
+
+
+def test_track_in_a_batch():
+    (got,) = normalize_batch({"batch": [track()], "sentAt": "2026-11-26T12:00:00Z"})
+    assert got.event_id == "msg-1"
+    assert got.type == "Order Completed"
+    assert got.merchant_id == "m_7"
+    assert got.properties["revenue"] == 1999
+    assert got.source == "web"
+
+
+def test_timestamp_correction_uses_sent_at_and_original_timestamp():
+    # device clock 3 hours fast: originalTimestamp and sentAt both read 3 h ahead
+    (got,) = normalize_batch(
+        {
+            "batch": [track(originalTimestamp="2026-11-26T14:59:50Z")],
+            "sentAt": "2026-11-26T15:00:00Z",
+        }
+    )
+    assert got.event_time == RECEIVED - timedelta(seconds=10)
+    assert got.original_timestamp == datetime(2026, 11, 26, 14, 59, 50, tzinfo=UTC)
+    assert got.sent_at == datetime(2026, 11, 26, 15, 0, tzinfo=UTC)
+
+
+def test_message_sent_at_wins_over_batch_sent_at():
+    (got,) = normalize_batch(
+        {
+            "batch": [
+                track(originalTimestamp="2026-11-26T10:00:00Z", sentAt="2026-11-26T10:00:30Z")
+            ],
+            "sentAt": "2026-11-26T10:05:00Z",
+        }
+    )
+    assert got.event_time == RECEIVED - timedelta(seconds=30)
+
+
+def test_client_set_timestamp_is_used_as_is():
+    (got,) = normalize_batch(
+        {
+            "batch": [
+                track(timestamp="2026-11-20T08:00:00Z", originalTimestamp="2026-11-26T11:00:00Z")
+            ],
+            "sentAt": "2026-11-26T11:00:05Z",
+        }
+    )
+    assert got.event_time == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def test_no_times_at_all_means_received_at():
+    (got,) = normalize_batch({"batch": [track()]})
+    assert got.event_time == RECEIVED
+
+
+def test_merchant_id_falls_back_to_context_group_id():
+    (got,) = normalize_batch(
+        {"batch": [track(properties={"revenue": 5}, context={"groupId": "m_9"})]}
+    )
+    assert got.merchant_id == "m_9"
+
+
+def test_merchant_id_paths_are_configurable():
+    rules = EventRules(merchant_id_paths=("traits.shop",))
+    message = {"type": "identify", "userId": "u1", "traits": {"shop": "m_3", "plan": "pro"}}
+    (got,) = normalize_batch({"batch": [message]}, rules)
+    assert got.merchant_id == "m_3"
+    assert got.type == "identify"
+    assert got.properties == {"shop": "m_3", "plan": "pro"}
+    assert got.context["userId"] == "u1"
+
+
+def test_batch_context_is_overlaid_by_message_context_and_ids_are_kept():
+    (got,) = normalize_batch(
+        {
+            "batch": [track(context={"ip": "1.2.3.4"}, anonymousId="anon", userId="u")],
+            "context": {"library": {"name": "analytics-python"}, "ip": "0.0.0.0"},
+        }
+    )
+    assert got.context == {
+        "library": {"name": "analytics-python"},
+        "ip": "1.2.3.4",
+        "anonymousId": "anon",
+        "userId": "u",
+    }
+
+
+@pytest.mark.parametrize("call", ["page", "screen"])
+def test_page_and_screen_names(call):
+    (got,) = normalize_batch(
+        {"batch": [{"type": call, "name": "Home", "properties": {"merchant_id": "m_1"}}]}
+    )
+    assert got.type == call
+    assert got.properties == {"merchant_id": "m_1", "name": "Home"}
+
+
+def test_single_call_endpoint_sets_the_type():
+    batch = decode_single(
+        msgspec.json.encode({"event": "Signed Up", "properties": {"merchant_id": "m"}}), "track"
+    )
+    (record,) = normalize_segment(batch, RECEIVED, "web", EventRules())
+    assert decode_event(record.value).type == "Signed Up"
+
+
+def test_missing_message_ids_are_generated():
+    got = normalize_batch({"batch": [track(messageId=None), track(messageId=None)]})
+    assert got[0].event_id != got[1].event_id
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (track(event=None), "event"),
+        (track(properties={}), "properties.merchant_id"),
+        (track(type="purchase"), "type"),
+        (track(originalTimestamp="not a time"), "originalTimestamp"),
+        (track(timestamp="2026-11-28T12:00:01Z"), "timestamp"),
+    ],
+)
+def test_errors_name_the_message_and_field(message, field):
+    with pytest.raises(InvalidEventError) as info:
+        normalize_batch({"batch": [track(), message]})
+    assert (info.value.index, info.value.field) == (1, field)
