@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -101,10 +102,13 @@ def run_demo(
         wait_until_ready(host, port, collector, timeout=30)
         console.print(f"[bold]collector[/] {url}  (data in {config.data_path.resolve()})")
         console.print(f"[bold]write key[/] {secret}  (source 'demo')")
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        example = f'[{{"type":"page_viewed","merchant_id":"m_1","timestamp":"{now}"}}]'
         console.print(
-            f'try: curl -u {secret}: -H "Content-Type: application/json" {url}/v1/events '
-            '-d \'[{"type":"page_viewed","merchant_id":"m_1",'
-            '"timestamp":"2026-01-01T00:00:00Z"}]\''
+            f"[bold]try[/]       curl -u {secret}: -H 'Content-Type: application/json' "
+            f"{url}/v1/events -d '{example}'",
+            soft_wrap=True,
+            highlight=False,
         )
         traffic = subprocess.Popen(
             [

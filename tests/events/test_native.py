@@ -16,7 +16,10 @@ def event(**overrides):
     return {**base, **overrides}
 
 
-def normalize(events, rules=EventRules(), *, ndjson=False):
+DEFAULT_RULES = EventRules()
+
+
+def normalize(events, rules=DEFAULT_RULES, *, ndjson=False):
     if ndjson:
         body = b"\n".join(msgspec.json.encode(e) for e in events) + b"\n"
     else:

@@ -11,7 +11,10 @@ from mercato.events.segment import decode_batch, decode_single, normalize_segmen
 RECEIVED = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def normalize_batch(body, rules=EventRules()):
+DEFAULT_RULES = EventRules()
+
+
+def normalize_batch(body, rules=DEFAULT_RULES):
     batch = decode_batch(msgspec.json.encode(body))
     return [decode_event(r.value) for r in normalize_segment(batch, RECEIVED, "web", rules)]
 
