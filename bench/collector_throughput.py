@@ -178,9 +178,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let the OS place servers and load on any core"
+    )
     args = parser.parse_args()
 
-    pin = (os.cpu_count() or 1) >= 2
+    pin = (os.cpu_count() or 1) >= 2 and not args.no_pin
     if pin:
         os.sched_setaffinity(0, {1})
     bodies = make_bodies(64)

@@ -254,10 +254,16 @@ def log_tail(ctx: click.Context, partition: tuple[int, ...], lines: int, follow:
 
 
 def _print_entry(entry: Any) -> None:
+    from mercato.events.model import decode_event
+
+    value: Any
     try:
-        value: Any = msgspec.json.decode(entry.value)
+        value = msgspec.structs.asdict(decode_event(entry.value))
     except msgspec.DecodeError:
-        value = entry.value.decode("utf-8", "replace")
+        try:
+            value = msgspec.json.decode(entry.value)
+        except msgspec.DecodeError:
+            value = entry.value.decode("utf-8", "replace")
     line = {
         "partition": entry.partition,
         "offset": entry.offset,

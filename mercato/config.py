@@ -58,7 +58,6 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=lambda: ["properties.merchant_id", "context.groupId"]
     )
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    append_threads: Positive = 32
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

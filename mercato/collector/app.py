@@ -23,7 +23,6 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,7 +101,6 @@ class CollectorApp:
             max_future=timedelta(seconds=config.max_future_seconds),
             merchant_id_paths=tuple(config.segment_merchant_id_paths),
         )
-        self._executor = ThreadPoolExecutor(config.append_threads, "mercato-append")
         self._pending = 0
         self._failed_at: float | None = None
         self._draining = False
@@ -143,9 +141,8 @@ class CollectorApp:
             await self._error(scope, send, HttpError(404, "not_found", f"no endpoint {path}"))
 
     def close(self) -> None:
-        """Wait for appends in flight, then release the append threads."""
+        """Refuse new requests; appends already submitted complete in the log's close."""
         self._draining = True
-        self._executor.shutdown(wait=True)
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -234,8 +231,7 @@ class CollectorApp:
             )
         self._pending += count
         try:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.log.append, records)
+            await asyncio.wrap_future(self.log.submit(records))
         except LogError as exc:
             self._failed_at = time.monotonic()
             self.metrics.events.labels("unavailable").inc(count)

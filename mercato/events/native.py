@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from mercato.events.errors import InvalidEventError
-from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Text
+from mercato.events.model import AwareTime, OutgoingEvent, Text
 from mercato.events.rules import (
     EventRules,
     id_prefix,
@@ -27,20 +26,20 @@ from mercato.events.rules import (
 from mercato.log.base import Record
 
 
-class NativeEvent(msgspec.Struct, forbid_unknown_fields=True):
+class NativeEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: Text
     merchant_id: Text
     timestamp: AwareTime
     event_id: Text | None = None
     sent_at: AwareTime | None = None
-    properties: msgspec.Raw = EMPTY_OBJECT
-    context: msgspec.Raw = EMPTY_OBJECT
+    # objects are checked in C; their values pass through as the raw JSON the client sent
+    properties: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+    context: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
 
 
 _array = msgspec.json.Decoder(list[NativeEvent])
 _line = msgspec.json.Decoder(NativeEvent)
 _encode = msgspec.json.Encoder().encode
-_OPEN_BRACE = ord("{")
 
 
 def decode_native(body: bytes, *, ndjson: bool) -> list[NativeEvent]:
@@ -69,12 +68,6 @@ def normalize_native(
             event_time = received_at - (sent_at - original)
         if event_time > latest:
             raise too_far_in_future(i, "timestamp")
-        properties = event.properties
-        context = event.context
-        if memoryview(properties)[0] != _OPEN_BRACE:
-            raise InvalidEventError(f"event {i}: properties: Expected `object`", i, "properties")
-        if memoryview(context)[0] != _OPEN_BRACE:
-            raise InvalidEventError(f"event {i}: context: Expected `object`", i, "context")
         value = _encode(
             OutgoingEvent(
                 event.event_id or f"{prefix}{i:04x}",
@@ -84,8 +77,8 @@ def normalize_native(
                 original,
                 sent_at,
                 received_at,
-                properties,
-                context,
+                event.properties,
+                event.context,
                 source,
             )
         )

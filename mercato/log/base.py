@@ -18,26 +18,27 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 
-class Record(msgspec.Struct, frozen=True):
+class Record(msgspec.Struct, frozen=True, gc=False):
     """One record to append: ``key`` routes it, ``value`` is opaque bytes."""
 
     key: str
     value: bytes
 
 
-class Position(msgspec.Struct, frozen=True):
+class Position(msgspec.Struct, frozen=True, gc=False):
     """Where an appended record landed."""
 
     partition: int
     offset: int
 
 
-class LogEntry(msgspec.Struct, frozen=True):
+class LogEntry(msgspec.Struct, frozen=True, gc=False):
     """One record read back, with its position and the time it was appended."""
 
     partition: int
@@ -83,6 +84,15 @@ class Log(Protocol):
         Raises :class:`~mercato.log.errors.LogWriteError` when the records could not be made
         durable; none of them is then acknowledged (readers may still see some of them if the
         process died half way, which is why events carry ids and consumers drop duplicates).
+        """
+        ...
+
+    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
+        """Start appending ``records``; the future resolves once they are all durable.
+
+        Like Kafka's ``producer.send``: the caller does not block, so one thread (an event
+        loop) can keep many appends in flight and the log commits them together. The future
+        fails with :class:`~mercato.log.errors.LogWriteError` as ``append`` would raise.
         """
         ...
 

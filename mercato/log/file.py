@@ -1,83 +1,50 @@
-"""The file log: per-partition append-only segment files, fsync'd before an append returns.
+"""The file log: one append-only write-ahead log shared by all partitions, fsync'd per group.
 
-On-disk format (format 1)
-=========================
-
-::
+Layout (format 2; byte formats in :mod:`mercato.log.segment`)::
 
     <path>/
-      meta.json                       {"format": 1, "partitions": N}
-      partition-0000/
-        head                          high watermark of the partition; its writers' lock
-        00000000000000000000.log      segments, named by the offset of their first record
-        00000000000000041237.log      (20 decimal digits); the newest one is the active one
-      partition-0001/
-      ...
+      meta.json                   {"format": 2, "partitions": N}
+      head                        high watermark of every partition; the writers' lock
+      00000000000000000000.log    segments, numbered; the newest one is the active one
+      00000000000000000001.log
 
-``meta.json`` is created once, atomically (temporary file, fsync, ``link`` into place so two
-processes creating the same log cannot both win, fsync of the directory). Opening a log whose
-partition count differs from the configuration raises :class:`LogLayoutError`.
+Why one log for all partitions rather than one per partition: durability costs one fsync per
+file per group commit, and on ext4 each fsync of a growing file is a journal commit. With
+eight partition files a group commit costs eight of them (2 ms and 0.9 ms of CPU here); with
+one file it costs one. Partitions stay what consumers see: each has its own dense offsets
+and is read on its own; a reader skips other partitions' frames using an index it builds
+from the frame headers.
 
-A segment is a sequence of frames, one per partition touched by an ``append``. All integers
-are little-endian::
-
-    byte  size  field
-       0     4  magic          b"MRC1"
-       4     4  header_crc     CRC-32C of bytes 8..36
-       8     4  payload_len
-      12     4  record_count
-      16     8  base_offset    offset of the frame's first record
-      24     8  timestamp_ms   wall-clock time of the append (the writer's clock)
-      32     4  payload_crc    CRC-32C of the payload
-      36     …  payload        msgpack array of [key (str), value (bin)] pairs
-
-Record ``i`` of a frame has offset ``base_offset + i``; frames of a partition are contiguous in
-offsets, and the first frame of a segment starts at the segment's base offset.
-
-``head`` is 32 bytes::
-
-    byte  size  field
-       0     4  magic          b"MRH1"
-       4     8  segment        base offset of the active segment
-      12     8  next_offset    the offset the next record will get (the end offset)
-      20     8  end            bytes of the active segment that are durable and visible
-      28     4  crc            CRC-32C of bytes 0..28
-
-Protocol
---------
-
-Writers take ``flock(LOCK_EX)`` on a partition's ``head`` (partitions in ascending order), write
-their frames at ``end``, fsync the segments, and only then ``pwrite`` the new head; the head is
-not fsync'd, it is a cache that recovery can rebuild. Readers never read past ``end`` of the
-active segment, so they never see data that is not durable. A writer that dies leaves bytes
-past ``end``: the next writer (or opener) adopts the complete, checksummed frames and truncates
-a torn tail, but refuses (:class:`LogCorruptionError`) when an invalid frame is followed by a
-valid one, since that is damage, not a torn write. Appends of many threads are committed in
-groups (one write and one fsync per partition per group). Frames already acknowledged are not
-rescanned at open; every frame is checksummed when it is read, and :meth:`FileLog.verify` scans
-everything.
+Protocol. Writers take ``flock(LOCK_EX)`` on ``head``, write all frames of a group at the
+head's ``end`` in one ``pwrite``, fsync once, and only then ``pwrite`` the new head (not
+fsync'd: it is a cache recovery can rebuild). Readers never read past the head's ``end``, so
+they never see data that is not durable. A writer that dies leaves bytes past ``end``: the
+next writer (or opener) adopts complete, checksummed frames and truncates a torn tail, but
+refuses (:class:`LogCorruptionError`) when an invalid frame is followed by a valid one, since
+that is damage, not a torn write. A group that fails (disk full) is truncated away before
+anyone is told, so a failed append leaves nothing behind. Frames already acknowledged are
+not rescanned at open; every frame is checksummed when read, and :meth:`FileLog.verify`
+scans everything. Retention deletes whole segments, oldest first, never the active one.
 """
 
 from __future__ import annotations
 
 import bisect
-import errno
 import fcntl
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple
 
-import crc32c
 import msgspec
 
 from mercato.config import LogConfig
+from mercato.log import segment as fmt
 from mercato.log.base import LogEntry, PartitionStats, Position, Record, now_ms, partition_for
 from mercato.log.errors import (
     LogCorruptionError,
@@ -86,30 +53,16 @@ from mercato.log.errors import (
     LogWriteError,
     OffsetOutOfRangeError,
 )
+from mercato.log.segment import BadFrame, Head
 
-__all__ = ["FileLog", "decode_frame", "encode_frame"]
+__all__ = ["FileLog"]
 
-FORMAT = 1
-MAGIC = b"MRC1"
-HEAD_MAGIC = b"MRH1"
-_HEADER = struct.Struct("<4sIIIQQI")
-_HEAD = struct.Struct("<4sQQQI")
-HEADER_SIZE = _HEADER.size
-HEAD_SIZE = _HEAD.size
-_MAX_PAYLOAD = 2**32 - 1
-_READ_AHEAD = 256 * 1024
-_INDEX_INTERVAL = 1024 * 1024
+FORMAT = 2
 _HEAD_READ_ATTEMPTS = 5
+_ROUTE_CACHE = 1 << 16
 
 _logger = logging.getLogger(__name__)
-_DECODER = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
-_ENCODER = msgspec.msgpack.Encoder()
 _default_fsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-def _crc(data: bytes | memoryview) -> int:
-    value: int = crc32c.crc32c(data)
-    return value
 
 
 class _Meta(msgspec.Struct):
@@ -117,176 +70,8 @@ class _Meta(msgspec.Struct):
     partitions: int
 
 
-class _Head(NamedTuple):
-    segment: int
-    next_offset: int
-    end: int
-
-
-class _Frame(NamedTuple):
-    pos: int
-    payload_len: int
-    record_count: int
-    base_offset: int
-    timestamp_ms: int
-    payload_crc: int
-
-    @property
-    def end(self) -> int:
-        return self.pos + HEADER_SIZE + self.payload_len
-
-
-class _BadFrame(Exception):
-    """An invalid frame at byte ``pos``; callers turn it into an error or a truncation."""
-
-    def __init__(self, pos: int, reason: str) -> None:
-        super().__init__(f"byte {pos}: {reason}")
-        self.pos = pos
-        self.reason = reason
-
-
-def _header(payload_len: int, count: int, base_offset: int, timestamp_ms: int, crc: int) -> bytes:
-    body = _HEADER.pack(MAGIC, 0, payload_len, count, base_offset, timestamp_ms, crc)[8:]
-    return MAGIC + struct.pack("<I", _crc(body)) + body
-
-
-def _parse_header(buf: bytes | memoryview, off: int, pos: int) -> _Frame:
-    magic, header_crc, *fields = _HEADER.unpack_from(buf, off)
-    if magic != MAGIC:
-        raise _BadFrame(pos, "bad magic")
-    if _crc(buf[off + 8 : off + HEADER_SIZE]) != header_crc:
-        raise _BadFrame(pos, "header checksum mismatch")
-    return _Frame(pos, *fields)
-
-
-def _decode_payload(frame: _Frame, payload: bytes | memoryview) -> list[tuple[str, bytes]]:
-    try:
-        records = _DECODER.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise _BadFrame(frame.pos, f"payload does not decode: {exc}") from None
-    if len(records) != frame.record_count:
-        raise _BadFrame(frame.pos, f"{len(records)} records, header says {frame.record_count}")
-    return records
-
-
-def encode_frame(
-    base_offset: int, timestamp_ms: int, records: Sequence[tuple[str, bytes]]
-) -> bytes:
-    """One frame holding ``records`` (key, value pairs), exactly as stored in a segment."""
-    payload = _ENCODER.encode(list(records))
-    return _header(len(payload), len(records), base_offset, timestamp_ms, _crc(payload)) + payload
-
-
-def decode_frame(data: bytes) -> tuple[int, int, list[tuple[str, bytes]]]:
-    """``(base_offset, timestamp_ms, records)`` of the frame ``data``; raises if it is invalid."""
-    try:
-        if len(data) < HEADER_SIZE:
-            raise _BadFrame(0, "incomplete frame header")
-        frame = _parse_header(data, 0, 0)
-        if frame.end != len(data):
-            raise _BadFrame(0, f"the header says {frame.end} bytes, got {len(data)}")
-        payload = memoryview(data)[HEADER_SIZE:]
-        if _crc(payload) != frame.payload_crc:
-            raise _BadFrame(0, "payload checksum mismatch")
-        return frame.base_offset, frame.timestamp_ms, _decode_payload(frame, payload)
-    except _BadFrame as bad:
-        raise LogCorruptionError(f"invalid frame: {bad}") from None
-
-
-def _frames(
-    fd: int, pos: int, limit: int, expected: int | None, *, payloads: bool
-) -> Iterator[tuple[_Frame, memoryview]]:
-    """The frames from byte ``pos`` up to ``limit``, checked; payloads too with ``payloads``.
-
-    ``expected`` is the base offset the first frame must have (``None``: any); later frames
-    must continue it. Raises :class:`_BadFrame` at the first frame that is invalid or does not
-    end by ``limit``. Reads ahead in chunks so that small frames cost no syscall each.
-    """
-    buf, at, empty = memoryview(b""), pos, memoryview(b"")
-    while pos < limit:
-        off = pos - at
-        if off + HEADER_SIZE > len(buf):
-            buf, at, off = memoryview(os.pread(fd, min(_READ_AHEAD, limit - pos), pos)), pos, 0
-            if len(buf) < HEADER_SIZE:
-                raise _BadFrame(pos, "incomplete frame header")
-        frame = _parse_header(buf, off, pos)
-        if frame.end > limit:
-            raise _BadFrame(pos, "incomplete frame")
-        if expected is not None and frame.base_offset != expected:
-            raise _BadFrame(pos, f"offset {frame.base_offset}, expected {expected}")
-        expected = frame.base_offset + frame.record_count
-        payload = empty
-        if payloads:
-            size = HEADER_SIZE + frame.payload_len
-            if off + size > len(buf):
-                buf, at, off = memoryview(os.pread(fd, max(size, _READ_AHEAD), pos)), pos, 0
-                if len(buf) < size:
-                    raise _BadFrame(pos, "incomplete frame")
-            payload = buf[off + HEADER_SIZE : off + size]
-            if _crc(payload) != frame.payload_crc:
-                raise _BadFrame(pos, "payload checksum mismatch")
-        yield frame, payload
-        pos = frame.end
-
-
-def _find_valid_frame(fd: int, start: int, size: int) -> int | None:
-    """The position of the first valid frame at or after byte ``start``, if there is one."""
-    pos = start
-    while pos < size:
-        chunk = os.pread(fd, min(_READ_AHEAD, size - pos), pos)
-        i = chunk.find(MAGIC)
-        while i != -1:
-            try:
-                next(_frames(fd, pos + i, size, None, payloads=True))
-                return pos + i
-            except (_BadFrame, StopIteration):
-                i = chunk.find(MAGIC, i + 1)
-        if not chunk or pos + len(chunk) >= size:
-            return None
-        pos += len(chunk) - (len(MAGIC) - 1)  # a magic split between chunks is found next time
-    return None
-
-
-def _read_head(fd: int) -> _Head | None:
-    data = os.pread(fd, HEAD_SIZE, 0)
-    if len(data) != HEAD_SIZE:
-        return None
-    magic, segment, next_offset, end, crc = _HEAD.unpack(data)
-    if magic != HEAD_MAGIC or _crc(data[: HEAD_SIZE - 4]) != crc:
-        return None
-    return _Head(segment, next_offset, end)
-
-
-def _write_head(fd: int, head: _Head) -> None:
-    body = _HEAD.pack(HEAD_MAGIC, *head, 0)[: HEAD_SIZE - 4]
-    os.pwrite(fd, body + struct.pack("<I", _crc(body)), 0)
-
-
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, pos)
-        if written <= 0:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        view, pos = view[written:], pos + written
-
-
-def _describe(exc: OSError) -> str:
-    if exc.strerror:
-        return exc.strerror
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _list_segments(directory: Path) -> list[int]:
-    return sorted(
-        int(name[:20])
-        for name in os.listdir(directory)
-        if len(name) == 24 and name.endswith(".log") and name[:20].isdigit()
-    )
-
-
 class _Chunk(NamedTuple):
-    """One append's records for one partition: the payload of a frame still without header."""
+    """One append's records for one partition: a frame's payload still without header."""
 
     payload: bytes
     record_count: int
@@ -294,62 +79,58 @@ class _Chunk(NamedTuple):
 
 
 class _Append:
-    """An append waiting for its group commit."""
+    """An append waiting for its group commit; ``bases`` are its first offsets once written."""
 
-    __slots__ = ("bases", "chunks", "done", "error")
+    __slots__ = ("bases", "chunks", "future", "routes")
 
-    def __init__(self, chunks: dict[int, _Chunk]) -> None:
+    def __init__(self, routes: list[int], chunks: dict[int, _Chunk]) -> None:
+        self.routes = routes
         self.chunks = chunks
         self.bases: dict[int, int] = {}
-        self.error: BaseException | None = None
-        self.done = False
+        self.future: Future[list[Position]] = Future()
+
+    def positions(self) -> list[Position]:
+        counters, positions = dict(self.bases), []
+        for p in self.routes:
+            positions.append(Position(p, counters[p]))
+            counters[p] += 1
+        return positions
 
 
-class _Partition:
-    """Open files and caches of one partition.
+class _Segment:
+    """What a reader knows of one segment: its start offsets and an index of its frames."""
 
-    ``lock`` (with the ``flock`` on ``head_fd``) guards writing and ``write_fd``; ``read_lock``
-    guards the readers' caches and is always taken last.
-    """
+    def __init__(self, sequence: int, starts: tuple[int, ...]) -> None:
+        self.sequence = sequence
+        self.starts = starts
+        self.indexed = 0  # bytes of the segment covered by the index
+        self.expected = list(starts)  # each partition's next offset at ``indexed``
+        self.bases: list[list[int]] = [[] for _ in starts]  # per partition: frame base offsets
+        self.positions: list[list[int]] = [[] for _ in starts]  # ... and their positions
+        self.sizes = [0] * len(starts)  # per partition: bytes of its frames
+        self.oldest: int | None = None
+        self.newest: int | None = None
 
-    def __init__(self, number: int, directory: Path, head_fd: int) -> None:
-        self.number = number
-        self.dir = directory
-        self.head_fd = head_fd
-        self.lock = threading.Lock()
-        self.write_fd: int | None = None
-        self.write_base = -1
-        self.read_lock = threading.Lock()
-        self.read_fd: int | None = None
-        self.read_base = -1
-        self.bases: list[int] = []
-        self.index: dict[int, tuple[list[int], list[int]]] = {}  # segment -> offsets, positions
-        self.cursor = (-1, -1, -1)  # segment, base offset and position of the next frame to read
-        self.scanned: dict[int, tuple[int, int | None]] = {}  # segment -> position, newest time
 
-    def segment_path(self, base: int) -> Path:
-        return self.dir / f"{base:020d}.log"
-
-    def refresh(self) -> list[int]:
-        self.bases = _list_segments(self.dir)
-        for cache in (self.index, self.scanned):
-            for base in set(cache).difference(self.bases):
-                del cache[base]
-        return self.bases
-
-    def close(self) -> None:
-        for fd in (self.write_fd, self.read_fd, self.head_fd):
-            if fd is not None:
-                os.close(fd)
-        self.write_fd = self.read_fd = None
+def _failure(exc: BaseException) -> LogError:
+    """A fresh error for one waiter of a group that failed with ``exc``."""
+    failure: LogError
+    if isinstance(exc, LogCorruptionError):
+        failure = LogCorruptionError(str(exc))
+    elif isinstance(exc, LogError):
+        failure = LogWriteError(str(exc))
+    else:
+        failure = LogWriteError(f"append failed: {exc!r}")
+    failure.__cause__ = exc
+    return failure
 
 
 class FileLog:
     """A :class:`~mercato.log.base.Log` kept in segment files under ``path``.
 
-    Several processes may open the same directory: appends are serialized per partition by a
-    file lock, and readers see other processes' appends without reopening. ``clock`` stamps
-    frames (ms); ``fsync`` makes a segment's data durable (``os.fdatasync``).
+    Several processes may open the same directory: group commits are serialized by a file
+    lock, and readers see other processes' appends without reopening. ``clock`` stamps frames
+    (ms); ``fsync`` makes a segment's data durable (``os.fdatasync``).
     """
 
     def __init__(
@@ -366,17 +147,24 @@ class FileLog:
         self._fsync = fsync
         self._cond = threading.Condition()
         self._queue: list[_Append] = []
-        self._writing = False
+        self._committer: threading.Thread | None = None
         self._closed = False
-        self._parts: list[_Partition] = []
+        self._write_lock = threading.Lock()
+        self._write_fd: int | None = None
+        self._write_seq = -1
+        self._read_lock = threading.Lock()
+        self._segments: dict[int, _Segment] = {}
+        self._routes: dict[str, int] = {}
         self._path.mkdir(parents=True, exist_ok=True)
         self._partitions = self._load_meta()
+        self._head_size = fmt.head_size(self._partitions)
+        self._header_size = fmt.segment_header_size(self._partitions)
+        self._head_fd = os.open(self._path / "head", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            for number in range(self._partitions):
-                self._parts.append(self._open_partition(number))
+            with self._locked():
+                self._recover(self._read_head())
         except BaseException:
-            for part in self._parts:
-                part.close()
+            self._close_files()
             raise
 
     @property
@@ -390,15 +178,10 @@ class FileLog:
     def __enter__(self) -> FileLog:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- opening --------------------------------------------------------------------------------
+    # -- opening and recovery -------------------------------------------------------------------
 
     def _load_meta(self) -> int:
         meta_path, wanted = self._path / "meta.json", self._config.partitions
@@ -408,140 +191,147 @@ class FileLog:
                 f.write(msgspec.json.encode(_Meta(FORMAT, wanted)))
                 f.flush()
                 os.fsync(f.fileno())
-            try:
+            with suppress(FileExistsError):
                 os.link(tmp, meta_path)  # unlike rename, never replaces a concurrent creator's
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-            self._sync_dir(self._path, always=True)
+            tmp.unlink()
+            self._sync_dir(always=True)
         try:
             meta = msgspec.json.decode(meta_path.read_bytes(), type=_Meta)
         except msgspec.DecodeError as exc:
             raise LogLayoutError(f"{meta_path} does not describe a mercato log: {exc}") from None
         if meta.format != FORMAT:
             raise LogLayoutError(f"{meta_path}: unknown log format {meta.format}")
-        stray = [
-            name
-            for name in sorted(os.listdir(self._path))
-            if name.startswith("partition-") and int(name[10:] or 0) >= meta.partitions
-        ]
-        if meta.partitions != wanted or stray:
+        if meta.partitions != wanted:
             raise LogLayoutError(
-                f"the log at {self._path} has {meta.partitions} partitions"
-                f"{' (and stray ' + ', '.join(stray) + ')' if stray else ''} but the "
+                f"the log at {self._path} has {meta.partitions} partitions but the "
                 f"configuration asks for {wanted}; the partition count of a log cannot change"
             )
         return meta.partitions
 
-    def _open_partition(self, number: int) -> _Partition:
-        directory = self._path / f"partition-{number:04d}"
-        if not directory.exists():
-            directory.mkdir(exist_ok=True)
-            self._sync_dir(self._path)
-        head_fd = os.open(directory / "head", os.O_RDWR | os.O_CREAT, 0o644)
-        part = _Partition(number, directory, head_fd)
-        try:
-            with self._locked(part):
-                self._recover(part, _read_head(part.head_fd))
-        except BaseException:
-            part.close()
-            raise
-        return part
-
-    def _sync_dir(self, directory: Path, *, always: bool = False) -> None:
+    def _sync_dir(self, *, always: bool = False) -> None:
         if self._config.fsync or always:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
 
     @contextmanager
-    def _locked(self, part: _Partition) -> Iterator[None]:
-        with part.lock:  # flock excludes other processes; threads of this one share its lock
-            fcntl.flock(part.head_fd, fcntl.LOCK_EX)
+    def _locked(self) -> Iterator[None]:
+        with self._write_lock:  # flock excludes other processes; this process's threads share it
+            fcntl.flock(self._head_fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(part.head_fd, fcntl.LOCK_UN)
+                fcntl.flock(self._head_fd, fcntl.LOCK_UN)
 
-    # -- recovery (callers hold the partition's lock) -------------------------------------------
+    def _segment_path(self, sequence: int) -> Path:
+        return self._path / fmt.segment_name(sequence)
 
-    def _open_writer(self, part: _Partition, base: int) -> int:
-        if part.write_fd is None or part.write_base != base:
-            fd = os.open(part.segment_path(base), os.O_RDWR | os.O_CREAT, 0o644)
-            if part.write_fd is not None:
-                os.close(part.write_fd)
-            part.write_fd, part.write_base = fd, base
-        return part.write_fd
+    def _read_head(self) -> Head | None:
+        return fmt.decode_head(os.pread(self._head_fd, self._head_size, 0), self._partitions)
 
-    def _writable_head(self, part: _Partition) -> _Head:
+    def _write_head(self, head: Head) -> None:
+        os.pwrite(self._head_fd, fmt.encode_head(head), 0)
+
+    def _open_writer(self, sequence: int) -> int:
+        if self._write_fd is None or self._write_seq != sequence:
+            fd = os.open(self._segment_path(sequence), os.O_RDWR)
+            if self._write_fd is not None:
+                os.close(self._write_fd)
+            self._write_fd, self._write_seq = fd, sequence
+        return self._write_fd
+
+    def _create_segment(self, sequence: int, starts: Sequence[int]) -> None:
+        """Put a segment holding only its header in place atomically, then make it durable."""
+        tmp = self._path / f".{fmt.segment_name(sequence)}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(fmt.encode_segment_header(sequence, starts))
+            f.flush()
+            if self._config.fsync:
+                self._fsync(f.fileno())
+        try:
+            os.link(tmp, self._segment_path(sequence))
+        except FileExistsError:
+            pass  # another process created it first; theirs is the same header
+        finally:
+            tmp.unlink()
+        self._sync_dir()
+
+    def _segment_starts(self, fd: int, path: Path) -> tuple[int, ...]:
+        header = fmt.decode_segment_header(os.pread(fd, self._header_size, 0), self._partitions)
+        if header is None:
+            raise LogCorruptionError(f"{path}: invalid segment header")
+        return header[1]
+
+    def _writable_head(self) -> Head:
         """The head, after dealing with any bytes that a writer which died left behind."""
-        head = _read_head(part.head_fd)
+        head = self._read_head()
         if (
             head is not None
-            and part.write_fd is not None
-            and part.write_base == head.segment
-            and os.fstat(part.write_fd).st_size == head.end
+            and self._write_fd is not None
+            and self._write_seq == head.segment
+            and os.fstat(self._write_fd).st_size == head.end
         ):
             return head
-        return self._recover(part, head)
+        return self._recover(head)
 
-    def _recover(self, part: _Partition, head: _Head | None) -> _Head:
-        bases = _list_segments(part.dir)
-        if not bases:
-            if head is not None and head.next_offset > 0:
-                raise LogCorruptionError(
-                    f"{part.dir}: no segment files, but its head counts {head.next_offset} records"
-                )
-            bases = [0]
-            self._open_writer(part, 0)
-            self._sync_dir(part.dir)
-        newest = bases[-1]
-        fd = self._open_writer(part, newest)
+    def _recover(self, head: Head | None) -> Head:
+        sequences = fmt.list_segments(self._path)
+        if not sequences:
+            if head is not None and any(head.next_offsets):
+                raise LogCorruptionError(f"{self._path}: no segment files, but a head with data")
+            self._create_segment(0, [0] * self._partitions)
+            sequences = [0]
+        newest = sequences[-1]
+        fd = self._open_writer(newest)
         size = os.fstat(fd).st_size
         if head is not None and head.segment == newest and head.end <= size:
             if head.end == size:
                 return head
-            start, expected = head.end, head.next_offset
+            start, expected = head.end, list(head.next_offsets)
         else:
-            if size or len(bases) > 1:
-                _logger.warning("%s: head missing or stale; rebuilding it", part.dir)
-            if len(bases) > 1:
-                self._check_previous(part, bases[-2], newest)
-            start, expected = 0, newest
-        end, next_offset = self._scan_tail(fd, part.segment_path(newest), start, expected, size)
-        recovered = _Head(newest, next_offset, end)
-        _write_head(part.head_fd, recovered)
+            if head is not None and head.segment > newest:
+                raise LogCorruptionError(
+                    f"{self._path}: the head names segment {head.segment}, the newest is {newest}"
+                )
+            if head is not None or size > self._header_size or len(sequences) > 1:
+                _logger.warning("%s: head missing or stale; rebuilding it", self._path)
+            starts = self._segment_starts(fd, self._segment_path(newest))
+            if len(sequences) > 1:
+                self._check_previous(sequences[-2], starts)
+            start, expected = self._header_size, list(starts)
+        end = self._scan_tail(fd, self._segment_path(newest), start, expected, size)
+        recovered = Head(newest, end, tuple(expected))
+        self._write_head(recovered)
         return recovered
 
-    def _check_previous(self, part: _Partition, base: int, newest: int) -> None:
-        path = part.segment_path(base)
+    def _check_previous(self, sequence: int, starts: tuple[int, ...]) -> None:
+        path = self._segment_path(sequence)
         with open(path, "rb") as f:
-            expected = base
+            expected = list(self._segment_starts(f.fileno(), path))
+            size = os.fstat(f.fileno()).st_size
             try:
-                for frame, _ in _frames(
-                    f.fileno(), 0, os.fstat(f.fileno()).st_size, base, payloads=False
+                for _ in fmt.frames(
+                    f.fileno(), self._header_size, size, expected, self._partitions, payloads=False
                 ):
-                    expected = frame.base_offset + frame.record_count
-            except _BadFrame as bad:
+                    pass
+            except BadFrame as bad:
                 raise LogCorruptionError(f"corrupt frame in {path} at {bad}") from None
-        if expected != newest:
-            raise LogCorruptionError(
-                f"{path} ends at offset {expected}, the next segment at {newest}"
-            )
+        if tuple(expected) != starts:
+            raise LogCorruptionError(f"{path} ends at offsets {expected}, its successor {starts}")
 
-    def _scan_tail(
-        self, fd: int, path: Path, pos: int, expected: int, size: int
-    ) -> tuple[int, int]:
-        """Adopt the valid frames from byte ``pos`` on, cut a torn tail, refuse real damage."""
-        end, next_offset = pos, expected
+    def _scan_tail(self, fd: int, path: Path, pos: int, expected: list[int], size: int) -> int:
+        """Adopt the valid frames from byte ``pos`` on, cut a torn tail, refuse real damage.
+
+        Advances ``expected`` past the adopted frames and returns where they end.
+        """
+        end = pos
         try:
-            for frame, _ in _frames(fd, pos, size, expected, payloads=True):
-                end, next_offset = frame.end, frame.base_offset + frame.record_count
-        except _BadFrame as bad:
-            valid = _find_valid_frame(fd, bad.pos, size)
+            for frame, _ in fmt.frames(fd, pos, size, expected, self._partitions, payloads=True):
+                end = frame.end
+        except BadFrame as bad:
+            valid = fmt.find_valid_frame(fd, bad.pos, size, self._partitions)
             if valid is not None:
                 raise LogCorruptionError(
                     f"refusing to open: corrupt frame at {path} byte {bad.pos} ({bad.reason}) "
@@ -551,307 +341,315 @@ class FileLog:
             os.ftruncate(fd, end)
             if self._config.fsync:
                 self._fsync(fd)
-        return end, next_offset
+        return end
 
     # -- appending ------------------------------------------------------------------------------
 
     def append(self, records: Sequence[Record]) -> list[Position]:
         """Append ``records`` durably; return each record's position, in input order."""
-        if not records:
-            return []
-        routes = [partition_for(record.key, self._partitions) for record in records]
+        return self.submit(records).result()
+
+    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
+        """Start appending ``records``; the future resolves once they are all durable.
+
+        A background thread commits everything submitted meanwhile as one group: one write
+        and one fsync, however many appends and partitions it holds.
+        """
+        routes = self._route(records)
         grouped: dict[int, list[tuple[str, bytes]]] = {}
         for p, record in zip(routes, records, strict=True):
-            grouped.setdefault(p, []).append((record.key, record.value))
-        chunks: dict[int, _Chunk] = {}
+            if (items := grouped.get(p)) is None:
+                items = grouped[p] = []
+            items.append((record.key, record.value))
+        chunks = {}
         for p, items in grouped.items():
-            payload = _ENCODER.encode(items)
-            if len(payload) > _MAX_PAYLOAD:
-                raise LogWriteError(f"{len(payload)} bytes for partition {p} do not fit a frame")
-            chunks[p] = _Chunk(payload, len(items), _crc(payload))
-        pending = _Append(chunks)
-        self._submit(pending)
-        if (err := pending.error) is not None:
-            if isinstance(err, LogCorruptionError):
-                raise LogCorruptionError(str(err)) from err
-            raise LogWriteError(str(err) if isinstance(err, LogError) else repr(err)) from err
-        counters = pending.bases
-        positions = []
-        for p in routes:
-            positions.append(Position(p, counters[p]))
-            counters[p] += 1
-        return positions
-
-    def _submit(self, pending: _Append) -> None:
-        """Wait until ``pending`` is committed, leading a group commit when nobody else is."""
+            payload = fmt.ENCODER.encode(items)
+            chunks[p] = _Chunk(payload, len(items), fmt.crc(payload))
+        pending = _Append(routes, chunks)
+        if not records:
+            pending.future.set_result([])
+            return pending.future
+        if any(len(chunk.payload) > fmt.MAX_PAYLOAD for chunk in chunks.values()):
+            pending.future.set_exception(LogWriteError("an append over 4 GiB does not fit a frame"))
+            return pending.future
         with self._cond:
             if self._closed:
-                raise LogError(f"the log at {self._path} is closed")
+                pending.future.set_exception(LogWriteError(f"the log at {self._path} is closed"))
+                return pending.future
             self._queue.append(pending)
-            while not pending.done and self._writing:
-                self._cond.wait()
-            if pending.done:
-                return
-            self._writing = True
-            batch, self._queue = self._queue, []
-        interrupted: BaseException | None = None
-        try:
-            self._commit(batch)
-        except BaseException as exc:  # every waiter must wake with an answer
-            for waiter in batch:
-                waiter.error = exc
-            if not isinstance(exc, Exception):
-                interrupted = exc
-        finally:
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="mercato-log-commit", daemon=True
+                )
+                self._committer.start()
+            self._cond.notify()
+        return pending.future
+
+    def _route(self, records: Sequence[Record]) -> list[int]:
+        """Each record's partition; keys repeat, so their CRCs are cached (bounded)."""
+        cache, partitions = self._routes, self._partitions
+        if len(cache) > _ROUTE_CACHE:
+            cache.clear()
+        routes = []
+        for record in records:
+            key = record.key
+            if (p := cache.get(key)) is None:
+                p = cache[key] = partition_for(key, partitions)
+            routes.append(p)
+        return routes
+
+    def _commit_loop(self) -> None:
+        while True:
             with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            # a future cancelled before its group starts is dropped, unwritten; later, it can't be
+            batch = [waiter for waiter in batch if waiter.future.set_running_or_notify_cancel()]
+            try:
+                self._commit(batch)
+                results = [waiter.positions() for waiter in batch]
+            except BaseException as exc:  # every waiter must get an answer
                 for waiter in batch:
-                    waiter.done = True
-                self._writing = False
-                self._cond.notify_all()
-        if interrupted is not None:
-            raise interrupted
+                    waiter.future.set_exception(_failure(exc))
+            else:
+                for waiter, positions in zip(batch, results, strict=True):
+                    waiter.future.set_result(positions)
 
     def _commit(self, batch: list[_Append]) -> None:
-        touched = sorted({p for waiter in batch for p in waiter.chunks})
         stamp = self._clock()
-        heads: dict[int, _Head] = {}
-        fresh: set[int] = set()  # partitions that rolled into a segment created just now
-        written: dict[int, int] = {}  # partition -> where its segment ended before this group
-        with ExitStack() as locks:
+        with self._locked():
+            head = self._writable_head()
+            fresh = head.end >= self._config.segment_bytes
+            if fresh:
+                head = self._roll(head)
+            next_offsets = list(head.next_offsets)
+            pieces: list[bytes] = []
+            for waiter in batch:
+                for p, chunk in waiter.chunks.items():
+                    base = next_offsets[p]
+                    waiter.bases[p] = base
+                    size, count = len(chunk.payload), chunk.record_count
+                    pieces.append(fmt.frame_header(size, count, p, base, stamp, chunk.crc))
+                    pieces.append(chunk.payload)
+                    next_offsets[p] = base + count
+            data = b"".join(pieces)
+            fd = self._open_writer(head.segment)
             try:
-                for p in touched:
-                    part = self._parts[p]
-                    locks.enter_context(self._locked(part))
-                    heads[p] = self._writable_head(part)
-                    if heads[p].end >= self._config.segment_bytes:
-                        heads[p] = self._roll(part, heads[p])
-                        if heads[p].end == 0:
-                            fresh.add(p)
-                for p in touched:
-                    head, next_offset, pieces = heads[p], heads[p].next_offset, []
-                    for waiter in batch:
-                        if (chunk := waiter.chunks.get(p)) is not None:
-                            waiter.bases[p] = next_offset
-                            size, count = len(chunk.payload), chunk.record_count
-                            pieces += [
-                                _header(size, count, next_offset, stamp, chunk.crc),
-                                chunk.payload,
-                            ]
-                            next_offset += count
-                    data = b"".join(pieces)
-                    written[p] = head.end
-                    _pwrite_all(self._open_writer(self._parts[p], head.segment), data, head.end)
-                    heads[p] = _Head(head.segment, next_offset, head.end + len(data))
+                fmt.pwrite_all(fd, data, head.end)
                 if self._config.fsync:
-                    for p in touched:
-                        self._fsync(self._open_writer(self._parts[p], heads[p].segment))
-            except OSError as exc:
-                self._undo(written, fresh)
-                raise LogWriteError(f"could not append to {self._path}: {_describe(exc)}") from exc
-            for p in touched:
-                try:
-                    _write_head(self._parts[p].head_fd, heads[p])
-                except OSError as exc:  # the data is durable: the next writer adopts it
-                    _logger.warning("partition %d: head not updated: %s", p, _describe(exc))
-
-    def _roll(self, part: _Partition, head: _Head) -> _Head:
-        base = head.next_offset
-        fd = self._open_writer(part, base)
-        self._sync_dir(part.dir)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return _Head(base, base, 0)
-        # a writer rolled, wrote and died before its head: its complete frames are kept
-        end, next_offset = self._scan_tail(fd, part.segment_path(base), 0, base, size)
-        return _Head(base, next_offset, end)
-
-    def _undo(self, written: dict[int, int], fresh: set[int]) -> None:
-        """Cut the segments of a failed group back, so that nothing of it stays behind."""
-        for p, end in written.items():
+                    self._fsync(fd)
+            except BaseException as exc:
+                self._undo(head, fresh)
+                if isinstance(exc, OSError):
+                    message = f"could not append to {self._path}: {fmt.describe(exc)}"
+                    raise LogWriteError(message) from exc
+                raise
             try:
-                os.ftruncate(self._open_writer(self._parts[p], self._parts[p].write_base), end)
-            except OSError as exc:  # the next writer may adopt these frames: a duplicate
-                _logger.warning("partition %d: could not truncate: %s", p, _describe(exc))
-        for p in fresh:
-            part = self._parts[p]
-            if part.write_fd is not None:
-                os.close(part.write_fd)
-                part.write_fd = None
+                self._write_head(Head(head.segment, head.end + len(data), tuple(next_offsets)))
+            except OSError as exc:  # the data is durable: the next writer adopts it
+                _logger.warning("%s: head not updated: %s", self._path, fmt.describe(exc))
+
+    def _roll(self, head: Head) -> Head:
+        sequence = head.segment + 1
+        self._create_segment(sequence, head.next_offsets)
+        fd = self._open_writer(sequence)
+        size = os.fstat(fd).st_size
+        if size == self._header_size:
+            return Head(sequence, size, head.next_offsets)
+        # a writer rolled, wrote and died before its head: its complete frames are kept
+        expected = list(self._segment_starts(fd, self._segment_path(sequence)))
+        end = self._scan_tail(fd, self._segment_path(sequence), self._header_size, expected, size)
+        return Head(sequence, end, tuple(expected))
+
+    def _undo(self, head: Head, fresh: bool) -> None:
+        """Cut the segment of a failed group back, so that nothing of it stays behind."""
+        try:
+            os.ftruncate(self._open_writer(head.segment), head.end)
+        except OSError as exc:  # the next writer may adopt these frames: a duplicate
+            _logger.warning("%s: could not truncate: %s", self._path, fmt.describe(exc))
+        if fresh and self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
             with suppress(OSError):
-                part.segment_path(part.write_base).unlink()
+                self._segment_path(head.segment).unlink()
 
     # -- reading --------------------------------------------------------------------------------
 
-    def _part(self, partition: int) -> _Partition:
+    def _visible_head(self) -> Head:
         if self._closed:
             raise LogError(f"the log at {self._path} is closed")
-        if not 0 <= partition < self._partitions:
-            raise ValueError(f"partition {partition} is not in 0..{self._partitions - 1}")
-        return self._parts[partition]
-
-    def _visible_head(self, part: _Partition) -> _Head:
         for attempt in range(_HEAD_READ_ATTEMPTS):
-            if (head := _read_head(part.head_fd)) is not None:
+            if (head := self._read_head()) is not None:
                 return head
             time.sleep(0.001 * attempt)  # a torn read of a head being rewritten
-        with self._locked(part):
-            return self._writable_head(part)
+        with self._locked():
+            return self._writable_head()
+
+    def _check_partition(self, partition: int) -> None:
+        if not 0 <= partition < self._partitions:
+            raise ValueError(f"partition {partition} is not in 0..{self._partitions - 1}")
+
+    def _known_segments(self, head: Head, refresh: bool = False) -> list[_Segment]:
+        """The segments, oldest first, with their headers read (read lock held)."""
+        if refresh or not self._segments or max(self._segments) < head.segment:
+            on_disk = set(fmt.list_segments(self._path))
+            for sequence in set(self._segments) - on_disk:
+                del self._segments[sequence]
+            for sequence in sorted(on_disk - set(self._segments)):
+                if sequence > head.segment:
+                    continue  # being created by a writer right now
+                path = self._segment_path(sequence)
+                try:
+                    with open(path, "rb") as f:
+                        starts = self._segment_starts(f.fileno(), path)
+                except FileNotFoundError:
+                    continue
+                self._segments[sequence] = _Segment(sequence, starts)
+        return [self._segments[s] for s in sorted(self._segments)]
+
+    def _index(self, seg: _Segment, head: Head) -> int:
+        """Extend ``seg``'s frame index to its visible end; return that end."""
+        path = self._segment_path(seg.sequence)
+        with open(path, "rb") as f:
+            fd = f.fileno()
+            limit = head.end if seg.sequence == head.segment else os.fstat(fd).st_size
+            if seg.indexed == 0:
+                seg.indexed = self._header_size
+            try:
+                for frame, _ in fmt.frames(
+                    fd, seg.indexed, limit, seg.expected, self._partitions, payloads=False
+                ):
+                    p = frame.partition
+                    seg.bases[p].append(frame.base_offset)
+                    seg.positions[p].append(frame.pos)
+                    seg.sizes[p] += frame.end - frame.pos
+                    seg.oldest = frame.timestamp_ms if seg.oldest is None else seg.oldest
+                    seg.newest = frame.timestamp_ms
+                    seg.indexed = frame.end
+            except BadFrame as bad:
+                raise LogCorruptionError(f"corrupt frame in {path} at {bad}") from None
+        return limit
 
     def read(self, partition: int, offset: int, max_records: int = 1000) -> list[LogEntry]:
         """Up to ``max_records`` durable records of ``partition`` from ``offset`` on."""
-        part = self._part(partition)
-        head = self._visible_head(part)
+        self._check_partition(partition)
+        head = self._visible_head()
+        end = head.next_offsets[partition]
         entries: list[LogEntry] = []
-        with part.read_lock:
-            while len(entries) < max_records and offset < head.next_offset:
-                batch = self._read_segment(part, head, offset, max_records - len(entries))
-                if not batch:
-                    break
-                entries += batch
-                offset = batch[-1].offset + 1
-        return entries
-
-    def _segment_for(self, part: _Partition, offset: int, head: _Head) -> tuple[int, int]:
-        """The segment holding ``offset`` and an open descriptor of it."""
-        if not part.bases or part.bases[-1] < head.segment:
-            part.refresh()
-        for _ in range(2):
-            i = bisect.bisect_right(part.bases, offset) - 1
-            if i < 0:
-                start = part.bases[0] if part.bases else head.next_offset
-                raise OffsetOutOfRangeError(part.number, offset, start)
-            if part.read_fd is not None and part.read_base != part.bases[i]:
-                os.close(part.read_fd)
-                part.read_fd = None
-            try:
-                if part.read_fd is None:
-                    part.read_fd = os.open(part.segment_path(part.bases[i]), os.O_RDONLY)
-                    part.read_base = part.bases[i]
-                if os.fstat(part.read_fd).st_nlink > 0:
-                    return part.read_base, part.read_fd
-            except FileNotFoundError:
-                pass
-            part.refresh()  # deleted by retention, perhaps in another process
-        raise OffsetOutOfRangeError(part.number, offset, part.bases[0] if part.bases else offset)
-
-    def _read_segment(
-        self, part: _Partition, head: _Head, offset: int, max_records: int
-    ) -> list[LogEntry]:
-        base, fd = self._segment_for(part, offset, head)
-        if base > head.segment:
-            raise LogCorruptionError(
-                f"{part.segment_path(base)} is newer than its partition's head"
-            )
-        limit = head.end if base == head.segment else os.fstat(fd).st_size
-        out: list[LogEntry] = []
-        try:
-            frame_pos, frame_base = self._locate(part, base, fd, offset, limit)
-            for frame, payload in _frames(fd, frame_pos, limit, frame_base, payloads=True):
-                records = _decode_payload(frame, payload)
-                first = max(offset - frame.base_offset, 0)
-                take = records[first : first + max_records - len(out)]
-                out += [
-                    LogEntry(part.number, frame.base_offset + first + i, frame.timestamp_ms, k, v)
-                    for i, (k, v) in enumerate(take)
-                ]
-                if first + len(take) < frame.record_count:
-                    part.cursor = (base, frame.base_offset, frame.pos)
-                    break
-                part.cursor = (base, frame.base_offset + frame.record_count, frame.end)
-                if len(out) >= max_records:
-                    break
-        except _BadFrame as bad:
-            raise LogCorruptionError(
-                f"corrupt frame in {part.segment_path(base)} at {bad}"
-            ) from None
-        return out
-
-    def _locate(
-        self, part: _Partition, base: int, fd: int, offset: int, limit: int
-    ) -> tuple[int, int]:
-        """Position and base offset of the frame holding ``offset`` in segment ``base``."""
-        start_offset, start_pos = base, 0
-        offsets, positions = part.index.setdefault(base, ([], []))
-        if (i := bisect.bisect_right(offsets, offset) - 1) >= 0:
-            start_offset, start_pos = offsets[i], positions[i]
-        cursor_base, cursor_offset, cursor_pos = part.cursor
-        if cursor_base == base and start_offset <= cursor_offset <= offset:
-            start_offset, start_pos = cursor_offset, cursor_pos
-        for frame, _ in _frames(fd, start_pos, limit, start_offset, payloads=False):
-            if offset < frame.base_offset + frame.record_count:
-                return frame.pos, frame.base_offset
-            if frame.end >= (positions[-1] if positions else 0) + _INDEX_INTERVAL:
-                offsets.append(frame.base_offset + frame.record_count)
-                positions.append(frame.end)
-        raise LogCorruptionError(f"offset {offset} is missing from {part.segment_path(base)}")
-
-    def _newest_timestamp(self, part: _Partition, base: int, limit: int) -> int | None:
-        """The time of the last frame before byte ``limit`` of segment ``base``."""
-        pos, newest = part.scanned.get(base, (0, None))
-        if pos < limit:
-            path = part.segment_path(base)
-            with open(path, "rb") as f:
+        if offset >= end or max_records <= 0:
+            if offset < 0:
+                raise OffsetOutOfRangeError(partition, offset, 0)
+            return entries
+        with self._read_lock:
+            for attempt in range(2):
+                segments = self._known_segments(head, refresh=attempt > 0)
+                start = segments[0].starts[partition] if segments else end
+                if offset < start:
+                    raise OffsetOutOfRangeError(partition, offset, start)
                 try:
-                    for frame, _ in _frames(f.fileno(), pos, limit, None, payloads=False):
-                        pos, newest = frame.end, frame.timestamp_ms
-                except _BadFrame as bad:
+                    self._read_into(entries, segments, head, partition, offset, max_records)
+                    return entries
+                except FileNotFoundError:  # retention deleted a segment meanwhile
+                    entries.clear()
+            raise LogError(f"{self._path}: segments keep vanishing while reading")
+
+    def _read_into(
+        self,
+        entries: list[LogEntry],
+        segments: list[_Segment],
+        head: Head,
+        partition: int,
+        offset: int,
+        max_records: int,
+    ) -> None:
+        starts = [seg.starts[partition] for seg in segments]
+        i = bisect.bisect_right(starts, offset) - 1
+        while i < len(segments) and len(entries) < max_records:
+            seg = segments[i]
+            limit = self._index(seg, head)
+            bases, positions = seg.bases[partition], seg.positions[partition]
+            j = max(bisect.bisect_right(bases, offset) - 1, 0)
+            if j < len(bases):
+                self._read_frames(entries, seg, positions[j:], limit, offset, max_records)
+                if entries:
+                    offset = entries[-1].offset + 1
+            i += 1
+
+    def _read_frames(
+        self,
+        entries: list[LogEntry],
+        seg: _Segment,
+        positions: list[int],
+        limit: int,
+        offset: int,
+        max_records: int,
+    ) -> None:
+        path = self._segment_path(seg.sequence)
+        with open(path, "rb") as f:
+            for pos in positions:
+                if pos >= limit:  # indexed by a reader that saw a newer head
+                    return
+                try:
+                    data = os.pread(f.fileno(), fmt.FRAME_HEADER_SIZE, pos)
+                    frame = fmt.parse_frame_header(data, 0, pos, self._partitions)
+                    payload = os.pread(f.fileno(), frame.payload_len, pos + len(data))
+                    if fmt.crc(payload) != frame.payload_crc:
+                        raise BadFrame(pos, "payload checksum mismatch")
+                    records = fmt.decode_payload(frame, payload)
+                except BadFrame as bad:
                     raise LogCorruptionError(f"corrupt frame in {path} at {bad}") from None
-            part.scanned[base] = (pos, newest)
-        return newest
+                first = max(offset - frame.base_offset, 0)
+                take = records[first : first + max_records - len(entries)]
+                p, stamp, base = frame.partition, frame.timestamp_ms, frame.base_offset + first
+                entries += [
+                    LogEntry(p, base + k, stamp, key, value) for k, (key, value) in enumerate(take)
+                ]
+                if len(entries) >= max_records:
+                    return
 
     def start_offset(self, partition: int) -> int:
         """The oldest offset still kept in ``partition``."""
-        part = self._part(partition)
-        head = self._visible_head(part)
-        with part.read_lock:
-            bases = part.refresh()
-        return bases[0] if bases else head.next_offset
+        self._check_partition(partition)
+        head = self._visible_head()
+        with self._read_lock:
+            segments = self._known_segments(head, refresh=True)
+        return segments[0].starts[partition] if segments else head.next_offsets[partition]
 
     def end_offset(self, partition: int) -> int:
         """The offset the next record of ``partition`` will get (the high watermark)."""
-        return self._visible_head(self._part(partition)).next_offset
-
-    def _segment_sizes(self, part: _Partition, head: _Head) -> dict[int, int]:
-        """Segment -> bytes, oldest first, up to the active one (read lock held)."""
-        sizes = {}
-        for base in part.refresh():
-            if base < head.segment:
-                with suppress(FileNotFoundError):
-                    sizes[base] = part.segment_path(base).stat().st_size
-            elif base == head.segment:
-                sizes[base] = head.end
-        return sizes
+        self._check_partition(partition)
+        return self._visible_head().next_offsets[partition]
 
     def stats(self) -> list[PartitionStats]:
         """Offsets, bytes, segment counts and frame times of every partition."""
+        head = self._visible_head()
+        with self._read_lock:
+            segments = self._known_segments(head, refresh=True)
+            for seg in segments:
+                self._index(seg, head)
         result = []
-        for number in range(self._partitions):
-            part = self._part(number)
-            head = self._visible_head(part)
-            with part.read_lock:
-                sizes = self._segment_sizes(part, head)
-                oldest = newest = None
-                for base, size in sizes.items():
-                    if size:
-                        with open(part.segment_path(base), "rb") as f:
-                            frames = _frames(f.fileno(), 0, size, None, payloads=False)
-                            oldest = next(frames)[0].timestamp_ms
-                        break
-                for base in reversed(sizes):
-                    if (newest := self._newest_timestamp(part, base, sizes[base])) is not None:
-                        break
+        for p in range(self._partitions):
+            held = [seg for seg in segments if seg.bases[p]]
             result.append(
                 PartitionStats(
-                    partition=number,
-                    start_offset=next(iter(sizes), head.next_offset),
-                    end_offset=head.next_offset,
-                    size_bytes=sum(sizes.values()),
-                    segments=len(sizes),
-                    oldest_timestamp_ms=oldest,
-                    newest_timestamp_ms=newest,
+                    partition=p,
+                    start_offset=segments[0].starts[p] if segments else head.next_offsets[p],
+                    end_offset=head.next_offsets[p],
+                    size_bytes=sum(seg.sizes[p] for seg in segments),
+                    segments=len(held),
+                    oldest_timestamp_ms=self._frame_time(held[0], p, 0) if held else None,
+                    newest_timestamp_ms=self._frame_time(held[-1], p, -1) if held else None,
                 )
             )
         return result
+
+    def _frame_time(self, seg: _Segment, partition: int, which: int) -> int:
+        with open(self._segment_path(seg.sequence), "rb") as f:
+            data = os.pread(f.fileno(), fmt.FRAME_HEADER_SIZE, seg.positions[partition][which])
+        return fmt.parse_frame_header(data, 0, 0, self._partitions).timestamp_ms
 
     # -- maintenance ----------------------------------------------------------------------------
 
@@ -859,62 +657,76 @@ class FileLog:
         """Delete the oldest segments that are past retention (never the active one).
 
         A segment goes when its newest frame is older than ``retention_hours``, or while the
-        partition holds more than ``retention_bytes`` (0 turns either rule off). Returns how
-        many segments were deleted.
+        log holds more than ``retention_bytes`` (0 turns either rule off). Returns how many
+        segments were deleted.
         """
         now = self._clock() if now_ms is None else now_ms
         hours, max_bytes = self._config.retention_hours, self._config.retention_bytes
         if hours == 0 and max_bytes == 0:
             return 0
         deleted = 0
-        for number in range(self._partitions):
-            part = self._part(number)
-            with self._locked(part):
-                head = self._writable_head(part)
-                with part.read_lock:
-                    sizes = self._segment_sizes(part, head)
-                    total, doomed = sum(sizes.values()), []
-                    for base in (b for b in sizes if b < head.segment):
-                        newest = self._newest_timestamp(part, base, sizes[base])
-                        too_old = hours > 0 and (newest or 0) < now - hours * 3_600_000
-                        if not too_old and not (max_bytes > 0 and total > max_bytes):
-                            break
-                        part.segment_path(base).unlink()
-                        doomed.append(base)
-                        total -= sizes[base]
-                    if doomed:
-                        self._sync_dir(part.dir)
-                        part.refresh()
-                        deleted += len(doomed)
+        with self._locked():
+            head = self._writable_head()
+            with self._read_lock:
+                segments = self._known_segments(head, refresh=True)
+                sizes = {
+                    s.sequence: self._segment_path(s.sequence).stat().st_size for s in segments
+                }
+                total = sum(sizes.values())
+                for seg in segments:
+                    if seg.sequence >= head.segment:
+                        break
+                    self._index(seg, head)
+                    too_old = hours > 0 and (seg.newest or 0) < now - hours * 3_600_000
+                    if not too_old and not (max_bytes > 0 and total > max_bytes):
+                        break
+                    self._segment_path(seg.sequence).unlink()
+                    del self._segments[seg.sequence]
+                    total -= sizes[seg.sequence]
+                    deleted += 1
+        if deleted:
+            self._sync_dir()
         return deleted
 
     def verify(self) -> list[str]:
         """Check every frame of every segment; return the problems found (none: healthy)."""
         problems: list[str] = []
-        for part in self._parts:
-            found = len(problems)
-            if (head := _read_head(part.head_fd)) is None:
-                problems.append(f"{part.dir / 'head'}: missing or invalid")
-            bases = _list_segments(part.dir)
-            expected = bases[0] if bases else 0
-            for base in bases:
-                path = part.segment_path(base)
-                if base != expected:
-                    problems.append(f"{path}: starts at offset {base}, expected {expected}")
-                    expected = base
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    limit = head.end if head is not None and base == head.segment else size
-                    try:
-                        for frame, payload in _frames(f.fileno(), 0, limit, base, payloads=True):
-                            _decode_payload(frame, payload)
-                            expected = frame.base_offset + frame.record_count
-                    except _BadFrame as bad:
-                        problems.append(f"{path}: corrupt frame at {bad}")
-            if head is not None and expected != head.next_offset and len(problems) == found:
-                problems.append(
-                    f"{part.dir}: segments end at {expected}, head at {head.next_offset}"
-                )
+        head = self._read_head()
+        if head is None:
+            problems.append(f"{self._path / 'head'}: missing or invalid")
+        expected: list[int] | None = None  # where the next segment must start
+        for sequence in fmt.list_segments(self._path):
+            path = self._segment_path(sequence)
+            try:
+                f = open(path, "rb")  # noqa: SIM115
+            except FileNotFoundError:  # deleted by retention meanwhile
+                expected = None
+                continue
+            with f:
+                try:
+                    starts = self._segment_starts(f.fileno(), path)
+                except LogCorruptionError as exc:
+                    problems.append(str(exc))
+                    expected = None
+                    continue
+                if expected is not None and list(starts) != expected:
+                    problems.append(f"{path}: starts at offsets {list(starts)}, not {expected}")
+                expected = list(starts)
+                size = os.fstat(f.fileno()).st_size
+                limit = head.end if head is not None and sequence == head.segment else size
+                try:
+                    for frame, payload in fmt.frames(
+                        f.fileno(), self._header_size, limit, expected, self._partitions,
+                        payloads=True,
+                    ):  # fmt: skip
+                        fmt.decode_payload(frame, payload)
+                except BadFrame as bad:
+                    problems.append(f"{path}: corrupt frame at {bad}")
+                    expected = None
+        if head is not None and expected is not None and tuple(expected) != head.next_offsets:
+            problems.append(
+                f"{self._path}: segments end at {expected}, head at {head.next_offsets}"
+            )
         return problems
 
     def close(self) -> None:
@@ -923,8 +735,14 @@ class FileLog:
             if self._closed:
                 return
             self._closed = True
-            while self._writing or self._queue:
-                self._cond.wait()
-        for part in self._parts:
-            with part.lock, part.read_lock:
-                part.close()
+            self._cond.notify_all()
+        if self._committer is not None and self._committer is not threading.current_thread():
+            self._committer.join()
+        with self._write_lock, self._read_lock:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None
+        os.close(self._head_fd)

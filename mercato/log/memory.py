@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from mercato.log.base import LogEntry, PartitionStats, Position, Record, now_ms, partition_for
 from mercato.log.errors import LogWriteError, OffsetOutOfRangeError
@@ -37,6 +38,14 @@ class MemoryLog:
                 self._entries[p].append(LogEntry(p, offset, stamp, record.key, record.value))
                 positions.append(Position(p, offset))
             return positions
+
+    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
+        future: Future[list[Position]] = Future()
+        try:
+            future.set_result(self.append(records))
+        except LogWriteError as exc:
+            future.set_exception(exc)
+        return future
 
     def read(self, partition: int, offset: int, max_records: int = 1000) -> list[LogEntry]:
         with self._lock:

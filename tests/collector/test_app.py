@@ -188,13 +188,13 @@ def test_log_failure_is_503_with_retry_after_and_not_ready(collector):
 def test_overload_is_429_with_retry_after(tmp_path):
     c = Collector(tmp_path, max_pending_events=10, retry_after_seconds=2)
     gate = threading.Event()
-    original = c.log.append
+    original = c.log.submit
 
-    def slow_append(records):
+    def slow_submit(records):
         gate.wait(5)
         return original(records)
 
-    c.log.append = slow_append
+    c.log.submit = slow_submit
     results = []
 
     def post():

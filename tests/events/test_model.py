@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from mercato.events.model import (
     NormalizedEvent,
+    ObjectEvent,
     OutgoingEvent,
     correct_time,
     decode_event,
@@ -115,3 +116,15 @@ def test_decode_rejects_a_record_without_merchant():
             b'{"event_id":"e","type":"t","event_time":"2026-01-01T00:00:00Z",'
             b'"received_at":"2026-01-01T00:00:00Z"}'
         )
+
+
+def test_object_form_from_direct_producers_reads_the_same():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = NormalizedEvent(
+        event_id="e", merchant_id="m", type="t", event_time=at, received_at=at, properties={"a": 1}
+    )
+    as_object = encode_event(ObjectEvent(**msgspec.structs.asdict(event)))
+    assert as_object.startswith(b'{"event_id":"e"')
+    assert decode_event(as_object) == event
+    assert decode_event(encode_event(event)) == event
+    assert encode_event(event).startswith(b'["e","m","t"')
