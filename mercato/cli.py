@@ -21,8 +21,8 @@ from mercato.errors import MercatoError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def friendly(func: Callable[P, R]) -> Callable[P, R]:

@@ -110,9 +110,11 @@ def test_log_stats_tail_and_check(tmp_path):
 def test_log_check_reports_corruption(tmp_path):
     fill_log(tmp_path, 10)
     fill_log(tmp_path, 10)
-    segment = max((tmp_path / "log").glob("partition-*/*.log"), key=lambda p: p.stat().st_size)
+    from mercato.log.segment import FRAME_HEADER_SIZE, segment_header_size
+
+    (segment,) = (tmp_path / "log").glob("*.log")
     data = bytearray(segment.read_bytes())
-    data[60] ^= 0x01  # inside the first frame's payload, with a whole frame after it
+    data[segment_header_size(8) + FRAME_HEADER_SIZE + 5] ^= 0x01  # first frame's payload
     segment.write_bytes(bytes(data))
     check = mercato("log", "check", data_dir=tmp_path)
     assert check.returncode == 1

@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Protocol, runtime_checkable
+from typing import Protocol, overload, runtime_checkable
 
 import msgspec
 
@@ -36,6 +36,55 @@ class Position(msgspec.Struct, frozen=True, gc=False):
 
     partition: int
     offset: int
+
+
+class Positions(Sequence[Position]):
+    """The positions of one append's records, made only when somebody looks at them.
+
+    The collector never does, and making a position per record would cost it more than
+    routing them. Compares equal to any sequence of the same positions.
+    """
+
+    __slots__ = ("_bases", "_items", "_routes")
+
+    def __init__(self, routes: Sequence[int], bases: dict[int, int]) -> None:
+        self._routes = routes
+        self._bases = bases
+        self._items: list[Position] | None = None
+
+    def _positions(self) -> list[Position]:
+        if self._items is None:
+            counters, items = dict(self._bases), []
+            for p in self._routes:
+                items.append(Position(p, counters[p]))
+                counters[p] += 1
+            self._items = items
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Position: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Position]: ...
+
+    def __getitem__(self, index: int | slice) -> Position | list[Position]:
+        return self._positions()[index]
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[Position]:
+        return iter(self._positions())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return self._positions() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Positions({self._positions()!r})"
 
 
 class LogEntry(msgspec.Struct, frozen=True, gc=False):
@@ -78,7 +127,7 @@ class Log(Protocol):
         """The number of partitions; fixed for the life of the log."""
         ...
 
-    def append(self, records: Sequence[Record]) -> list[Position]:
+    def append(self, records: Sequence[Record]) -> Sequence[Position]:
         """Append ``records`` durably; return each record's position, in input order.
 
         Raises :class:`~mercato.log.errors.LogWriteError` when the records could not be made
@@ -87,7 +136,7 @@ class Log(Protocol):
         """
         ...
 
-    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
+    def submit(self, records: Sequence[Record]) -> Future[Sequence[Position]]:
         """Start appending ``records``; the future resolves once they are all durable.
 
         Like Kafka's ``producer.send``: the caller does not block, so one thread (an event

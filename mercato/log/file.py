@@ -45,7 +45,15 @@ import msgspec
 
 from mercato.config import LogConfig
 from mercato.log import segment as fmt
-from mercato.log.base import LogEntry, PartitionStats, Position, Record, now_ms, partition_for
+from mercato.log.base import (
+    LogEntry,
+    PartitionStats,
+    Position,
+    Positions,
+    Record,
+    now_ms,
+    partition_for,
+)
 from mercato.log.errors import (
     LogCorruptionError,
     LogError,
@@ -87,14 +95,7 @@ class _Append:
         self.routes = routes
         self.chunks = chunks
         self.bases: dict[int, int] = {}
-        self.future: Future[list[Position]] = Future()
-
-    def positions(self) -> list[Position]:
-        counters, positions = dict(self.bases), []
-        for p in self.routes:
-            positions.append(Position(p, counters[p]))
-            counters[p] += 1
-        return positions
+        self.future: Future[Sequence[Position]] = Future()
 
 
 class _Segment:
@@ -245,17 +246,16 @@ class FileLog:
     def _create_segment(self, sequence: int, starts: Sequence[int]) -> None:
         """Put a segment holding only its header in place atomically, then make it durable."""
         tmp = self._path / f".{fmt.segment_name(sequence)}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(fmt.encode_segment_header(sequence, starts))
-            f.flush()
-            if self._config.fsync:
-                self._fsync(f.fileno())
         try:
-            os.link(tmp, self._segment_path(sequence))
-        except FileExistsError:
-            pass  # another process created it first; theirs is the same header
+            with open(tmp, "wb") as f:
+                f.write(fmt.encode_segment_header(sequence, starts))
+                f.flush()
+                if self._config.fsync:
+                    self._fsync(f.fileno())
+            with suppress(FileExistsError):  # another process created it first: same header
+                os.link(tmp, self._segment_path(sequence))
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
         self._sync_dir()
 
     def _segment_starts(self, fd: int, path: Path) -> tuple[int, ...]:
@@ -339,17 +339,17 @@ class FileLog:
                 ) from None
             _logger.warning("%s: discarding %d bytes of a torn write", path, size - end)
             os.ftruncate(fd, end)
-            if self._config.fsync:
-                self._fsync(fd)
+        if size > pos and self._config.fsync:
+            self._fsync(fd)  # the writer of adopted frames may have died before its fsync
         return end
 
     # -- appending ------------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> list[Position]:
+    def append(self, records: Sequence[Record]) -> Sequence[Position]:
         """Append ``records`` durably; return each record's position, in input order."""
         return self.submit(records).result()
 
-    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
+    def submit(self, records: Sequence[Record]) -> Future[Sequence[Position]]:
         """Start appending ``records``; the future resolves once they are all durable.
 
         A background thread commits everything submitted meanwhile as one group: one write
@@ -410,7 +410,7 @@ class FileLog:
             batch = [waiter for waiter in batch if waiter.future.set_running_or_notify_cancel()]
             try:
                 self._commit(batch)
-                results = [waiter.positions() for waiter in batch]
+                results = [Positions(waiter.routes, waiter.bases) for waiter in batch]
             except BaseException as exc:  # every waiter must get an answer
                 for waiter in batch:
                     waiter.future.set_exception(_failure(exc))
@@ -508,7 +508,8 @@ class FileLog:
                 except FileNotFoundError:
                     continue
                 self._segments[sequence] = _Segment(sequence, starts)
-        return [self._segments[s] for s in sorted(self._segments)]
+        # another thread may have cached a newer segment: its bytes are past this head's end
+        return [self._segments[s] for s in sorted(self._segments) if s <= head.segment]
 
     def _index(self, seg: _Segment, head: Head) -> int:
         """Extend ``seg``'s frame index to its visible end; return that end."""

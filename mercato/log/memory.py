@@ -39,8 +39,8 @@ class MemoryLog:
                 positions.append(Position(p, offset))
             return positions
 
-    def submit(self, records: Sequence[Record]) -> Future[list[Position]]:
-        future: Future[list[Position]] = Future()
+    def submit(self, records: Sequence[Record]) -> Future[Sequence[Position]]:
+        future: Future[Sequence[Position]] = Future()
         try:
             future.set_result(self.append(records))
         except LogWriteError as exc:

@@ -40,6 +40,7 @@ KNOWN_PARTITIONS = [
 
 @pytest.mark.parametrize(("key", "partitions", "expected"), KNOWN_PARTITIONS)
 def test_partition_for_known_vectors(key: str, partitions: int, expected: int) -> None:
+    assert expected == zlib.crc32(key.encode("utf-8")) % partitions
     assert partition_for(key, partitions) == expected
 
 
@@ -225,3 +226,18 @@ def test_reopen_keeps_everything(durable_log_factory: LogFactory) -> None:
     more = reopened.append(records(5, keys=1, tag="after"))
     p = more[0].partition
     assert [pos.offset for pos in more] == list(range(len(before[p]), len(before[p]) + 5))
+
+
+def test_submit_resolves_to_positions(log_factory: LogFactory) -> None:
+    log = log_factory(partitions=3)
+    batches = [records(10, keys=4, tag=f"s{i}") for i in range(50)]
+    futures = [log.submit(batch) for batch in batches]
+    for batch, future in zip(batches, futures, strict=True):
+        positions = future.result(timeout=60)
+        for record, position in zip(batch, positions, strict=True):
+            [entry] = log.read(position.partition, position.offset, 1)
+            assert (entry.key, entry.value) == (record.key, record.value)
+    for p in range(3):
+        assert [offset for offset, _, _ in read_all(log, p)] == list(range(log.end_offset(p)))
+    assert sum(log.end_offset(p) for p in range(3)) == 500
+    assert log.submit([]).result(timeout=60) == []
