@@ -155,7 +155,7 @@ class CollectorApp:
             if self._draining:
                 raise HttpError(503, "shutting_down", "collector is shutting down", retry_after=1)
             count = await self._accept(scope, receive, endpoint)
-            self.metrics.events.labels("accepted").inc(count)
+            self.metrics.accepted.inc(count)
             self.metrics.batch_events.observe(count)
             body = {"success": True} if endpoint != "events" else {"accepted": count}
             await self._json(scope, send, 200, body)
@@ -175,7 +175,8 @@ class CollectorApp:
         source = self._source_from_header(headers.get(b"authorization"))
         if source is None and endpoint == "events":
             raise HttpError(401, "unauthorized", "a write key is required (HTTP Basic auth)")
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode()
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        content_type = media_type.decode("latin-1")
         ndjson = content_type in NDJSON_TYPES
         allowed = SEGMENT_TYPES if endpoint != "events" else {"application/json"} | NDJSON_TYPES
         if content_type not in allowed:
@@ -196,8 +197,7 @@ class CollectorApp:
         received_at = self._clock()
         decoded = 0
         try:
-            if endpoint == "events":
-                assert source is not None
+            if source is not None and endpoint == "events":
                 events = decode_native(body, ndjson=ndjson)
                 decoded = len(events)
                 records = normalize_native(events, received_at, source, self._rules)

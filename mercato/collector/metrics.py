@@ -47,6 +47,7 @@ class CollectorMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.accepted = self.events.labels("accepted")
         self.pending = Gauge(
             "mercato_ingest_pending_events",
             "Events decoded and waiting for the log to make them durable.",
