@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 import uvicorn
@@ -44,6 +45,10 @@ def serve(config: Config, *, announce: bool = True) -> None:
             f"(log {config.log_path}, {log.partitions} partitions)",
             flush=True,
         )
+    # uvicorn handles SIGINT/SIGTERM while serving, then re-raises the signal into the handler
+    # that was installed before; make that one a no-op so the log is closed and we exit 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     retention.start()
     try:
         server.run()

@@ -288,3 +288,35 @@ def test_disk_full_is_503_and_loses_nothing_acknowledged(collector_factory, tmp_
         assert sum(stored.values()) == len(acknowledged)  # a 503 left nothing behind
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(collector_factory):
+    c = collector_factory()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        b = 0
+        while not stop.is_set():
+            ids = [f"t{n}-{b}-{i}" for i in range(200)]
+            b += 1
+            try:
+                status, _, _ = c.post_events([event(i) for i in ids])
+            except (OSError, http.client.HTTPException):
+                return
+            if status == 200:
+                with lock:
+                    acknowledged.extend(ids)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    while len(acknowledged) < 5_000:
+        time.sleep(0.01)
+    assert c.stop(signal.SIGTERM) == 0
+    stop.set()
+    for t in threads:
+        t.join()
+    stored = Counter(e.event_id for e in stored_events(c.data_dir))
+    assert [i for i in acknowledged if stored[i] != 1] == []
