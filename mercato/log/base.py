@@ -24,8 +24,11 @@ from typing import Protocol, overload, runtime_checkable
 import msgspec
 
 
-class Record(msgspec.Struct, frozen=True, gc=False):
-    """One record to append: ``key`` routes it, ``value`` is opaque bytes."""
+class Record(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One record to append: ``key`` routes it, ``value`` is opaque bytes.
+
+    It serializes as ``[key, value]``, which is how the file log stores it.
+    """
 
     key: str
     value: bytes

@@ -355,16 +355,12 @@ class FileLog:
         A background thread commits everything submitted meanwhile as one group: one write
         and one fsync, however many appends and partitions it holds.
         """
-        routes = self._route(records)
-        grouped: dict[int, list[tuple[str, bytes]]] = {}
-        for p, record in zip(routes, records, strict=True):
-            if (items := grouped.get(p)) is None:
-                items = grouped[p] = []
-            items.append((record.key, record.value))
+        routes, grouped = self._route(records)
         chunks = {}
-        for p, items in grouped.items():
-            payload = fmt.ENCODER.encode(items)
-            chunks[p] = _Chunk(payload, len(items), fmt.crc(payload))
+        for p, items in enumerate(grouped):
+            if items:
+                payload = fmt.ENCODER.encode(items)  # a Record encodes as [key, value]
+                chunks[p] = _Chunk(payload, len(items), fmt.crc(payload))
         pending = _Append(routes, chunks)
         if not records:
             pending.future.set_result([])
@@ -385,18 +381,23 @@ class FileLog:
             self._cond.notify()
         return pending.future
 
-    def _route(self, records: Sequence[Record]) -> list[int]:
-        """Each record's partition; keys repeat, so their CRCs are cached (bounded)."""
+    def _route(self, records: Sequence[Record]) -> tuple[list[int], list[list[Record]]]:
+        """Each record's partition, and the records grouped by partition.
+
+        Keys repeat (a merchant sends many events), so their CRCs are cached (bounded).
+        """
         cache, partitions = self._routes, self._partitions
         if len(cache) > _ROUTE_CACHE:
             cache.clear()
-        routes = []
+        routes: list[int] = []
+        grouped: list[list[Record]] = [[] for _ in range(partitions)]
         for record in records:
             key = record.key
             if (p := cache.get(key)) is None:
                 p = cache[key] = partition_for(key, partitions)
             routes.append(p)
-        return routes
+            grouped[p].append(record)
+        return routes, grouped
 
     def _commit_loop(self) -> None:
         while True:
