@@ -436,10 +436,9 @@ class FileLog:
                     pieces.append(fmt.frame_header(size, count, p, base, stamp, chunk.crc))
                     pieces.append(chunk.payload)
                     next_offsets[p] = base + count
-            data = b"".join(pieces)
             fd = self._open_writer(head.segment)
             try:
-                fmt.pwrite_all(fd, data, head.end)
+                size = fmt.pwritev_all(fd, pieces, head.end)
                 if self._config.fsync:
                     self._fsync(fd)
             except BaseException as exc:
@@ -449,7 +448,7 @@ class FileLog:
                     raise LogWriteError(message) from exc
                 raise
             try:
-                self._write_head(Head(head.segment, head.end + len(data), tuple(next_offsets)))
+                self._write_head(Head(head.segment, head.end + size, tuple(next_offsets)))
             except OSError as exc:  # the data is durable: the next writer adopts it
                 _logger.warning("%s: head not updated: %s", self._path, fmt.describe(exc))
 

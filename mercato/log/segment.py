@@ -266,6 +266,22 @@ def pwrite_all(fd: int, data: bytes, pos: int) -> None:
         view, pos = view[written:], pos + written
 
 
+_IOV_MAX = 512
+
+
+def pwritev_all(fd: int, pieces: Sequence[bytes], pos: int) -> int:
+    """Write ``pieces`` back to back at ``pos`` without joining them; return the bytes written."""
+    start = pos
+    for i in range(0, len(pieces), _IOV_MAX):
+        batch = pieces[i : i + _IOV_MAX]
+        size = sum(len(piece) for piece in batch)
+        written = os.pwritev(fd, batch, pos)
+        if written < size:  # rare for regular files: finish the rest the slow way
+            pwrite_all(fd, b"".join(batch)[written:], pos + written)
+        pos += size
+    return pos - start
+
+
 def describe(exc: OSError) -> str:
     return exc.strerror or os.strerror(exc.errno or errno.EIO)
 

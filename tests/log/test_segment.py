@@ -92,3 +92,19 @@ def test_head_round_trip(segment: int, end: int, offsets: list[int]) -> None:
         damaged = bytearray(data)
         damaged[byte] ^= 0x01
         assert decode_head(bytes(damaged), len(offsets)) is None
+
+
+def test_pwritev_all_writes_more_pieces_than_one_call_takes(tmp_path):
+    import os
+
+    from mercato.log.segment import pwritev_all
+
+    pieces = [bytes([i % 251]) * (i % 7 + 1) for i in range(2000)]
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, b"head", 0)
+        written = pwritev_all(fd, pieces, 4)
+        assert written == sum(map(len, pieces))
+        assert os.pread(fd, written + 10, 0) == b"head" + b"".join(pieces)
+    finally:
+        os.close(fd)
