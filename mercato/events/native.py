@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from mercato.events.model import AwareTime, OutgoingEvent, Text
+from mercato.events.errors import InvalidEventError
+from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Text
 from mercato.events.rules import (
     EventRules,
     id_prefix,
@@ -32,14 +33,20 @@ class NativeEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     timestamp: AwareTime
     event_id: Text | None = None
     sent_at: AwareTime | None = None
-    # objects are checked in C; their values pass through as the raw JSON the client sent
-    properties: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
-    context: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
+    # kept as the raw JSON the client sent: never parsed, never re-encoded (see _CLOSE)
+    properties: msgspec.Raw = EMPTY_OBJECT
+    context: msgspec.Raw = EMPTY_OBJECT
 
 
 _array = msgspec.json.Decoder(list[NativeEvent])
 _line = msgspec.json.Decoder(NativeEvent)
 _encode = msgspec.json.Encoder().encode
+# Payloads stay msgspec.Raw (valid JSON, not yet known to be objects). A JSON value whose last
+# byte is "}" is an object (strings end in '"', arrays in "]", the rest in a digit or a
+# letter), so the encoded record is checked at the two places where the payloads end:
+# ...,<properties>,<context>,"<source>"] . Two byte lookups instead of parsing every payload
+# into a dict, which costs a fifth of the collector's time in allocation and GC.
+_CLOSE = ord("}")
 
 
 def decode_native(body: bytes, *, ndjson: bool) -> list[NativeEvent]:
@@ -57,6 +64,7 @@ def normalize_native(
     latest = received_at + rules.max_future
     max_bytes = rules.max_event_bytes
     prefix = id_prefix()
+    context_end = len(_encode(source)) + 3  # from the end: "}" of the context
     records: list[Record] = []
     append = records.append
     for i, event in enumerate(events):
@@ -82,7 +90,15 @@ def normalize_native(
                 source,
             )
         )
+        if value[-context_end] != _CLOSE:
+            raise _not_an_object(i, "context")
+        if value[-context_end - len(event.context) - 1] != _CLOSE:
+            raise _not_an_object(i, "properties")
         if len(value) > max_bytes:
             raise too_large(i, len(value), max_bytes)
         append(Record(event.merchant_id, value))
     return records
+
+
+def _not_an_object(index: int, field: str) -> InvalidEventError:
+    return InvalidEventError(f"event {index}: {field}: Expected `object`", index, field)

@@ -2,6 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mercato.events.errors import EventTooLargeError, InvalidEventError
 from mercato.events.model import decode_event
@@ -116,3 +118,24 @@ def test_oversized_event_is_rejected_with_its_index():
     with pytest.raises(EventTooLargeError) as info:
         normalize([event(), big], rules)
     assert info.value.index == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(properties=json_values, context=json_values, source=st.text(max_size=8))
+def test_payloads_are_accepted_exactly_when_they_are_objects(properties, context, source):
+    body = msgspec.json.encode([event(properties=properties, context=context)])
+    events = decode_native(body, ndjson=False)
+    if not isinstance(context, dict) or not isinstance(properties, dict):
+        with pytest.raises(InvalidEventError) as info:
+            normalize_native(events, RECEIVED, source, EventRules())
+        assert info.value.field == ("context" if not isinstance(context, dict) else "properties")
+        return
+    (record,) = normalize_native(events, RECEIVED, source, EventRules())
+    stored = decode_event(record.value)
+    assert (stored.properties, stored.context, stored.source) == (properties, context, source)
