@@ -1,0 +1,209 @@
+"""Normalized events as a columnar batch: the rollup kernel's input.
+
+The definitions say which event fields matter; :class:`BatchBuilder` decodes log record
+values straight into a struct holding only those (msgspec skips the rest in C) and builds a
+pyarrow table with the fixed columns ``event_id, merchant_id, type, event_time,
+received_at, source`` plus, for each field the definitions use, the typed columns they need:
+``<path>#str`` (dimensions, equality filters, distinct counts), ``<path>#num`` (numeric
+filters, percentiles), ``<path>#int`` (sum, min, max: money in minor units) and ``<path>#time``
+(a metric's own time field). A value of the wrong JSON type becomes null there.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from mercato.metrics.definitions import NUMERIC_OPS, Definitions
+
+BASE_COLUMNS = ("event_id", "merchant_id", "type", "event_time", "received_at", "source")
+TOP_LEVEL = frozenset(BASE_COLUMNS)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def column(path: str, kind: str) -> str:
+    """The batch column holding field ``path`` as ``kind`` (str, num, int or time)."""
+    if path in TOP_LEVEL:
+        return path
+    return f"{path}#{kind}"
+
+
+def columns_needed(definitions: Definitions) -> dict[str, set[str]]:
+    """For each field path the definitions read, the kinds of column they need."""
+    needed: dict[str, set[str]] = {}
+
+    def need(path: str, kind: str) -> None:
+        if path not in TOP_LEVEL:
+            needed.setdefault(path, set()).add(kind)
+
+    for metric in definitions.stored:
+        for name in metric.dimensions:
+            need(definitions.dimensions[name].field, "str")
+        for condition in metric.where:
+            numeric = condition.op in NUMERIC_OPS or _is_number(condition.value)
+            need(condition.field, "num" if numeric else "str")
+            if condition.op in ("exists", "missing", "ne", "not_in"):
+                need(condition.field, "str")
+        if metric.value is not None:
+            kind = {"count_distinct": "str", "percentile": "num"}.get(metric.kind, "int")
+            need(metric.value, kind)
+        if metric.time not in ("event_time", "received_at"):
+            need(metric.time, "time")
+    return needed
+
+
+def _is_number(value: object) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+class BatchBuilder:
+    """Turns log record values into the kernel's columnar batch, for one set of definitions."""
+
+    def __init__(self, definitions: Definitions) -> None:
+        self.needed = columns_needed(definitions)
+        self._getters: dict[str, Callable[[Any], Any]] = {}
+        roots: dict[str, dict[str, str]] = {"properties": {}, "context": {}}
+        for path in self.needed:
+            root, key, *_ = path.split(".")
+            roots[root].setdefault(key, _attribute(key, len(roots[root])))
+        structs = {
+            root: msgspec.defstruct(
+                f"{root.title()}Fields",
+                [(attr, Any, msgspec.field(default=None, name=key)) for key, attr in keys.items()],
+                gc=False,
+            )
+            for root, keys in roots.items()
+        }
+        for path in self.needed:
+            root, key, *rest = path.split(".")
+            self._getters[path] = _getter(root, roots[root][key], rest)
+        required = msgspec.NODEFAULT
+        fields: list[tuple[str, Any, Any]] = [
+            ("event_id", str, required),
+            ("merchant_id", str, required),
+            ("type", str, required),
+            ("event_time", datetime, required),
+            ("original_timestamp", datetime | None, None),
+            ("sent_at", datetime | None, None),
+            ("received_at", datetime, required),
+            (
+                "properties",
+                structs["properties"],
+                msgspec.field(default_factory=structs["properties"]),
+            ),
+            ("context", structs["context"], msgspec.field(default_factory=structs["context"])),
+            ("source", str, ""),
+        ]
+        # the collector writes every field; producers writing objects may leave some out
+        positional = [(name, kind, required) if i < 7 else (name, kind, default)
+                      for i, (name, kind, default) in enumerate(fields)]  # fmt: skip
+        array_form = msgspec.defstruct("EventFields", positional, array_like=True, gc=False)
+        object_form = msgspec.defstruct("EventObject", fields, kw_only=True, gc=False)
+        self._array = msgspec.json.Decoder(list[array_form])  # type: ignore[valid-type]
+        self._object = msgspec.json.Decoder(object_form)
+
+    def decode(self, values: Sequence[bytes]) -> list[Any]:
+        """Decode record values (array or object form); raises msgspec errors on bad ones."""
+        if all(value[:1] == b"[" for value in values):
+            return self._array.decode(b"[" + b",".join(values) + b"]")
+        return [
+            self._array.decode(b"[" + value + b"]")[0]
+            if value[:1] == b"["
+            else self._object.decode(value)
+            for value in values
+        ]
+
+    def build(self, events: Sequence[Any]) -> pa.Table:
+        """The columnar batch of decoded events."""
+        arrays: dict[str, pa.Array] = {
+            "event_id": pa.array([e.event_id for e in events], pa.string()),
+            "merchant_id": pa.array([e.merchant_id for e in events], pa.string()),
+            "type": pa.array([e.type for e in events], pa.string()),
+            "event_time": pa.array([e.event_time for e in events], TIMESTAMP),
+            "received_at": pa.array([e.received_at for e in events], TIMESTAMP),
+            "source": pa.array([e.source for e in events], pa.string()),
+        }
+        for path, kinds in sorted(self.needed.items()):
+            raw = [self._getters[path](e) for e in events]
+            for kind in sorted(kinds):
+                arrays[column(path, kind)] = _CONVERT[kind](raw)
+        return pa.table(arrays)
+
+    def batch(self, values: Sequence[bytes]) -> pa.Table:
+        return self.build(self.decode(values))
+
+
+def _attribute(key: str, n: int) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in key)
+    if not name.isidentifier() or keyword.iskeyword(name):
+        name = f"f_{name}"
+    return f"{name}_{n}"
+
+
+def _getter(root: str, attribute: str, rest: list[str]) -> Callable[[Any], Any]:
+    def get(event: Any) -> Any:
+        value = getattr(getattr(event, root), attribute)
+        for part in rest:
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    return get
+
+
+def _strings(values: Iterable[Any]) -> pa.Array:
+    out: list[str | None] = []
+    for v in values:
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, bool):
+            out.append("true" if v else "false")
+        elif isinstance(v, int | float):
+            out.append(str(v))
+        else:
+            out.append(None)
+    return pa.array(out, pa.string())
+
+
+def _numbers(values: Iterable[Any]) -> pa.Array:
+    return pa.array(
+        [
+            float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+            for v in values
+        ],
+        pa.float64(),
+    )
+
+
+def _integers(values: Iterable[Any]) -> pa.Array:
+    return pa.array(
+        [v if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 else None
+         for v in values],
+        pa.int64(),
+    )  # fmt: skip
+
+
+def _times(values: Iterable[Any]) -> pa.Array:
+    out: list[datetime | None] = []
+    for v in values:
+        try:
+            parsed = datetime.fromisoformat(v) if isinstance(v, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is None:
+            parsed = None  # a time without an offset is ambiguous
+        out.append(parsed.astimezone(UTC) if parsed is not None else None)
+    return pa.array(out, TIMESTAMP)
+
+
+_CONVERT: dict[str, Callable[[Iterable[Any]], pa.Array]] = {
+    "str": _strings,
+    "num": _numbers,
+    "int": _integers,
+    "time": _times,
+}
