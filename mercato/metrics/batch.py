@@ -12,8 +12,9 @@ filters, percentiles), ``<path>#int`` (sum, min, max: money in minor units) and 
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -67,7 +68,7 @@ class BatchBuilder:
 
     def __init__(self, definitions: Definitions) -> None:
         self.needed = columns_needed(definitions)
-        self._getters: dict[str, Callable[[Any], Any]] = {}
+        self._paths: dict[str, tuple[str, str, list[str]]] = {}
         roots: dict[str, dict[str, str]] = {"properties": {}, "context": {}}
         for path in self.needed:
             root, key, *_ = path.split(".")
@@ -82,7 +83,7 @@ class BatchBuilder:
         }
         for path in self.needed:
             root, key, *rest = path.split(".")
-            self._getters[path] = _getter(root, roots[root][key], rest)
+            self._paths[path] = (root, roots[root][key], rest)
         required = msgspec.NODEFAULT
         fields: list[tuple[str, Any, Any]] = [
             ("event_id", str, required),
@@ -129,8 +130,15 @@ class BatchBuilder:
             "received_at": pa.array([e.received_at for e in events], TIMESTAMP),
             "source": pa.array([e.source for e in events], pa.string()),
         }
+        roots = {
+            "properties": [e.properties for e in events],
+            "context": [e.context for e in events],
+        }
         for path, kinds in sorted(self.needed.items()):
-            raw = [self._getters[path](e) for e in events]
+            root, attribute, rest = self._paths[path]
+            raw = list(map(attrgetter(attribute), roots[root]))
+            for part in rest:
+                raw = [v.get(part) if isinstance(v, dict) else None for v in raw]
             for kind in sorted(kinds):
                 arrays[column(path, kind)] = _CONVERT[kind](raw)
         return pa.table(arrays)
@@ -146,17 +154,11 @@ def _attribute(key: str, n: int) -> str:
     return f"{name}_{n}"
 
 
-def _getter(root: str, attribute: str, rest: list[str]) -> Callable[[Any], Any]:
-    def get(event: Any) -> Any:
-        value = getattr(getattr(event, root), attribute)
-        for part in rest:
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    return get
-
-
-def _strings(values: Iterable[Any]) -> pa.Array:
+def _strings(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())  # the common case: every value a string or null
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
     out: list[str | None] = []
     for v in values:
         if isinstance(v, str):
@@ -170,25 +172,25 @@ def _strings(values: Iterable[Any]) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _numbers(values: Iterable[Any]) -> pa.Array:
+def _numbers(values: list[Any]) -> pa.Array:
+    # type() rather than isinstance: a bool is an int to isinstance, and not a number here
     return pa.array(
-        [
-            float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-            for v in values
-        ],
-        pa.float64(),
+        [float(v) if type(v) is int or type(v) is float else None for v in values], pa.float64()
     )
 
 
-def _integers(values: Iterable[Any]) -> pa.Array:
-    return pa.array(
-        [v if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 else None
-         for v in values],
-        pa.int64(),
-    )  # fmt: skip
+def _integers(values: list[Any]) -> pa.Array:
+    # only JSON integers: pyarrow would silently truncate 19.99 to 19
+    ints = [v if type(v) is int else None for v in values]
+    try:
+        return pa.array(ints, pa.int64())
+    except OverflowError:
+        return pa.array(
+            [v if v is None or -(2**63) <= v < 2**63 else None for v in ints], pa.int64()
+        )
 
 
-def _times(values: Iterable[Any]) -> pa.Array:
+def _times(values: list[Any]) -> pa.Array:
     out: list[datetime | None] = []
     for v in values:
         try:
@@ -201,7 +203,7 @@ def _times(values: Iterable[Any]) -> pa.Array:
     return pa.array(out, TIMESTAMP)
 
 
-_CONVERT: dict[str, Callable[[Iterable[Any]], pa.Array]] = {
+_CONVERT: dict[str, Callable[[list[Any]], pa.Array]] = {
     "str": _strings,
     "num": _numbers,
     "int": _integers,
