@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -115,6 +116,9 @@ def traffic(url: str, key: str, rate: float, merchants: int, duration: float | N
 @cli.group()
 def run() -> None:
     """Run one role of the pipeline in the foreground."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @run.command("collector")
@@ -125,6 +129,30 @@ def run_collector(ctx: click.Context) -> None:
     from mercato.collector.server import serve
 
     serve(_config(ctx))
+
+
+@run.command("aggregator")
+@click.option(
+    "--partitions",
+    help="Comma-separated partitions this process owns (default: [aggregator] partitions, or all).",
+)
+@click.pass_context
+@friendly
+def run_aggregator(ctx: click.Context, partitions: str | None) -> None:
+    """Stream rollups: log partitions in, rollups and offsets into the store."""
+    from mercato.aggregator.service import serve
+
+    config = _config(ctx)
+    if partitions:
+        try:
+            owned = [int(p) for p in partitions.split(",") if p.strip()]
+        except ValueError:
+            message = f"--partitions takes numbers like 0,1,2, not {partitions!r}"
+            raise MercatoError(message) from None
+        config = msgspec.structs.replace(
+            config, aggregator=msgspec.structs.replace(config.aggregator, partitions=owned)
+        )
+    serve(config)
 
 
 # -- keys ---------------------------------------------------------------------------------------

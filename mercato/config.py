@@ -60,12 +60,34 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[store]``: the serving store of rollups, consumer offsets and definitions versions."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = ""  # empty: <data_dir>/store.sqlite3
+    busy_timeout_ms: NonNegative = 5000
+    cache_mb: NonNegative = 64
+    mmap_mb: NonNegative = 256
+
+
+class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[aggregator]``: the stream rollups (speed layer)."""
+
+    definitions: str = ""  # empty: the shipped commerce definitions
+    partitions: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    max_batch_records: Positive = 50_000
+    dedup_window: Positive = 200_000
+    idle_sleep_ms: Positive = 200
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration."""
 
     data_dir: str = "mercato-data"
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
+    aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
 
     @property
     def data_path(self) -> Path:
@@ -79,10 +101,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def keys_path(self) -> Path:
         return self.data_path / "keys.json"
 
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else self.data_path / "store.sqlite3"
+
 
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogConfig,
     "collector": CollectorConfig,
+    "aggregator": AggregatorConfig,
+    "store": StoreConfig,
 }
 
 

@@ -13,7 +13,10 @@ own subclasses in its ``errors.py``::
     │   ├── LogWriteError
     │   ├── LogLayoutError
     │   └── OffsetOutOfRangeError
-    └── KeyStoreError               (mercato.collector.errors)
+    ├── KeyStoreError               (mercato.collector.errors)
+    ├── DefinitionError             (mercato.metrics.errors)
+    ├── AggregatorError             (mercato.aggregator.errors)
+    └── StoreError                  (mercato.store.errors; its subclasses are drawn there)
 
 The CLI turns a ``MercatoError`` into a one-line message and a non-zero exit status, never a
 traceback.

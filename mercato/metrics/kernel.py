@@ -101,7 +101,7 @@ def _aggregate(table: pa.Table, metric: Metric, dimension: str) -> pa.Table:
         grouped = table.group_by(keys, use_threads=False).aggregate(
             [("value", "count"), ("value", "list")]
         )
-        build = _hll if metric.kind == "count_distinct" else _kll
+        build = hll_of if metric.kind == "count_distinct" else kll_of
         sketches = pa.array(
             [build(values) for values in grouped["value_list"].to_pylist()], pa.binary()
         )
@@ -171,14 +171,16 @@ def _condition(batch: pa.Table, condition: Condition) -> pa.ChunkedArray:
     return pc.equal(field, strings[0])
 
 
-def _hll(values: Iterable[str]) -> bytes:
+def hll_of(values: Iterable[str]) -> bytes:
+    """A tagged HLL sketch of ``values`` (a count_distinct partial)."""
     sketch = hll_sketch(HLL_LG_K, tgt_hll_type.HLL_8)
     for value in values:
         sketch.update(value)
     return b"H" + bytes(sketch.serialize_compact())
 
 
-def _kll(values: Iterable[float]) -> bytes:
+def kll_of(values: Iterable[float]) -> bytes:
+    """A tagged KLL sketch of ``values`` (a percentile partial)."""
     sketch = kll_floats_sketch(KLL_K)
     for value in values:
         sketch.update(value)

@@ -1,0 +1,186 @@
+"""The serving store interface: rollups, the consumers' offsets, definitions versions.
+
+The store holds what the query API serves and what the aggregator needs to resume:
+
+* **rollups**: the kernel's partials (:data:`~mercato.metrics.kernel.PARTIAL_SCHEMA`), kept
+  per definitions ``version`` with one row per key. :meth:`Store.write` merges new partials
+  into the stored ones exactly as :func:`~mercato.metrics.kernel.merge` would: counts and sums
+  add, minima and maxima take the extreme, sketches unite (NULL is "nothing yet").
+* **consumer offsets**: the next log offset of each (consumer, partition). They are written in
+  the *same transaction* as the rollups they account for, so after a crash a consumer resumes
+  from offsets that match the stored data: nothing lost, nothing counted twice.
+* **definitions versions** (content hash → id) and the *serving* pointer, which the query API
+  reads and a promote swaps in one step.
+* **merchants**: each merchant's IANA time zone (local days are derived in it).
+
+Every read of rollup rows names one merchant: :meth:`Store.read` and :meth:`Store.members`
+are the merchant-scoped choke point the query API relies on, and no method returns rows of
+several merchants.
+"""
+
+from __future__ import annotations
+
+import functools
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA
+from mercato.store.errors import InvalidPartialsError, InvalidTimezoneError
+
+REGISTERED = "registered"
+
+
+class DefinitionVersion(msgspec.Struct, frozen=True):
+    """A registered set of metric definitions; ``hash`` is its content hash."""
+
+    id: int
+    hash: str
+    text: str
+    created_at: datetime
+    state: str = REGISTERED
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where rollups, consumer offsets and definitions versions are kept (SQLite, memory)."""
+
+    def register_version(self, hash: str, text: str) -> int:
+        """The id of the definitions with content hash ``hash``, registering them if new.
+
+        Idempotent: the same hash always gets the same id (the first ``text`` is kept).
+        """
+        ...
+
+    def versions(self) -> list[DefinitionVersion]:
+        """Every registered definitions version, oldest first."""
+        ...
+
+    def serving_version(self) -> int | None:
+        """The id of the version the query API serves, or None before one is set."""
+        ...
+
+    def set_serving_version(self, version: int) -> None:
+        """Point the query API at ``version`` (one atomic swap of a single pointer).
+
+        Raises :class:`~mercato.store.errors.UnknownVersionError` for an unregistered id.
+        """
+        ...
+
+    def write(
+        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+    ) -> None:
+        """Merge ``partials`` into the rollups of ``version`` and record ``consumer``'s next
+        offset for each partition in ``offsets``, all in one transaction.
+
+        Either everything lands or nothing does: on failure the store raises
+        :class:`~mercato.store.errors.StoreWriteError` (or, before touching anything,
+        :class:`~mercato.store.errors.InvalidPartialsError` /
+        :class:`~mercato.store.errors.UnknownVersionError`) and neither rows nor offsets
+        change. Rows of one key may appear several times in ``partials``; all of them count.
+        """
+        ...
+
+    def offsets(self, consumer: str) -> dict[int, int]:
+        """``consumer``'s next offset per partition; empty for a consumer never written."""
+        ...
+
+    def read(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> pa.Table:
+        """The stored partials of one merchant: rows of ``metrics`` and ``dimension`` with
+        ``start <= bucket < end`` (epoch seconds), in key order, as PARTIAL_SCHEMA."""
+        ...
+
+    def members(
+        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+    ) -> list[tuple[str, int]]:
+        """The members of ``dimension`` seen for one merchant's ``metric`` in the range, with
+        their total count, largest first (ties by member)."""
+        ...
+
+    def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
+        """Record the merchant's IANA time zone.
+
+        Raises :class:`~mercato.store.errors.InvalidTimezoneError` for an unknown name.
+        """
+        ...
+
+    def merchant_timezone(self, merchant_id: str) -> str | None:
+        """The merchant's time zone, or None when none was set."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+
+def conform_partials(partials: pa.Table) -> pa.Table:
+    """``partials`` as exactly PARTIAL_SCHEMA, or :class:`InvalidPartialsError` saying why.
+
+    Keys must be non-null and buckets on the 15-minute grid: the store trusts both.
+    """
+    names = set(partials.column_names)
+    expected = set(PARTIAL_SCHEMA.names)
+    if names != expected:
+        missing, extra = sorted(expected - names), sorted(names - expected)
+        raise InvalidPartialsError(f"partials columns differ: missing {missing}, extra {extra}")
+    try:
+        table = partials.select(PARTIAL_SCHEMA.names).cast(PARTIAL_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise InvalidPartialsError(f"partials do not fit PARTIAL_SCHEMA: {exc}") from None
+    for name in KEY:
+        if table[name].null_count:
+            raise InvalidPartialsError(f"partials have a null {name}")
+    bucket = table["bucket"]
+    on_grid = pc.equal(pc.multiply(pc.divide(bucket, BUCKET_SECONDS), BUCKET_SECONDS), bucket)
+    if table.num_rows and not pc.all(on_grid).as_py():
+        raise InvalidPartialsError(f"partials have a bucket off the {BUCKET_SECONDS} s grid")
+    return table
+
+
+def metric_names(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` as a list, refusing a bare string (a Sequence[str] of its letters)."""
+    if isinstance(metrics, str):
+        raise TypeError("metrics must be a sequence of metric names, not one string")
+    return list(metrics)
+
+
+def check_timezone(timezone: str) -> str:
+    """``timezone`` if it names an IANA zone, else :class:`InvalidTimezoneError`."""
+    if timezone not in _iana_zones():
+        raise InvalidTimezoneError(timezone)
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidTimezoneError(timezone) from None
+    return timezone
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    # ZoneInfo alone accepts any path that happens to exist under the zoneinfo directory
+    # (case-insensitively on some file systems), and the system's directory may also hold
+    # "localtime", which is the host's zone rather than a name.
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules"}

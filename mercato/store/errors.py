@@ -1,0 +1,51 @@
+"""Errors of the serving store.
+
+::
+
+    MercatoError
+    └── StoreError
+        ├── StoreClosedError        the store was used after ``close()``
+        ├── StoreSchemaError        the database is not a Mercato store, or newer than this code
+        ├── StoreWriteError         a write did not land; none of it did (rows nor offsets)
+        ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
+        ├── UnknownVersionError     no definitions version has that id
+        └── InvalidTimezoneError    not an IANA time zone name
+"""
+
+from mercato.errors import MercatoError
+
+
+class StoreError(MercatoError):
+    """Base class of the store's errors."""
+
+
+class StoreClosedError(StoreError):
+    """The store was closed; open a new one."""
+
+
+class StoreSchemaError(StoreError):
+    """The database cannot be used by this version of Mercato."""
+
+
+class StoreWriteError(StoreError):
+    """A write failed and was rolled back: neither its rows nor its offsets were stored."""
+
+
+class InvalidPartialsError(StoreError):
+    """The partials handed to ``write`` do not conform to the kernel's PARTIAL_SCHEMA."""
+
+
+class UnknownVersionError(StoreError):
+    """No metric definitions version is registered under this id."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"no definitions version {version} is registered")
+        self.version = version
+
+
+class InvalidTimezoneError(StoreError):
+    """A merchant's time zone must be an IANA name such as ``Europe/Berlin``."""
+
+    def __init__(self, timezone: str) -> None:
+        super().__init__(f"unknown time zone {timezone!r}: expected an IANA name like Asia/Kolkata")
+        self.timezone = timezone

@@ -1,0 +1,160 @@
+"""An in-memory store for tests: the same contract as the SQLite store, nothing on disk.
+
+Rollups are kept as one partials table per (version, merchant) and merged with the kernel's
+own :func:`~mercato.metrics.kernel.merge`, so this twin is also the reference the SQLite
+store's upserts are tested against.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mercato.metrics.kernel import empty_partials, merge, sort_partials
+from mercato.store.base import (
+    DefinitionVersion,
+    check_timezone,
+    conform_partials,
+    metric_names,
+)
+from mercato.store.errors import StoreClosedError, StoreWriteError, UnknownVersionError
+
+
+class MemoryStore:
+    """A thread-safe store held in dictionaries; writes swap in their result atomically."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._versions: list[DefinitionVersion] = []
+        self._serving: int | None = None
+        self._rollups: dict[tuple[int, str], pa.Table] = {}
+        self._offsets: dict[str, dict[int, int]] = {}
+        self._timezones: dict[str, str] = {}
+
+    def register_version(self, hash: str, text: str) -> int:
+        with self._lock:
+            self._check_open()
+            for version in self._versions:
+                if version.hash == hash:
+                    return version.id
+            version = DefinitionVersion(len(self._versions) + 1, hash, text, datetime.now(UTC))
+            self._versions.append(version)
+            return version.id
+
+    def versions(self) -> list[DefinitionVersion]:
+        with self._lock:
+            self._check_open()
+            return list(self._versions)
+
+    def serving_version(self) -> int | None:
+        with self._lock:
+            self._check_open()
+            return self._serving
+
+    def set_serving_version(self, version: int) -> None:
+        with self._lock:
+            self._check_version(version)
+            self._serving = version
+
+    def write(
+        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+    ) -> None:
+        table = conform_partials(partials)
+        next_offsets = {int(p): int(o) for p, o in offsets.items()}
+        with self._lock:
+            self._check_version(version)
+            # Compute every merchant's new table first, then swap them in with the offsets:
+            # a failure on the way leaves the store as it was.
+            merged: dict[tuple[int, str], pa.Table] = {}
+            try:
+                for merchant in pc.unique(table["merchant_id"]).to_pylist():
+                    key = (version, merchant)
+                    rows = table.filter(pc.equal(table["merchant_id"], merchant))
+                    current = self._rollups.get(key, empty_partials())
+                    merged[key] = sort_partials(merge([current, rows]))
+            except (ValueError, RuntimeError, pa.ArrowException) as exc:
+                raise StoreWriteError(f"write of {table.num_rows} partials failed: {exc}") from exc
+            self._rollups.update(merged)
+            self._offsets.setdefault(consumer, {}).update(next_offsets)
+
+    def offsets(self, consumer: str) -> dict[int, int]:
+        with self._lock:
+            self._check_open()
+            return dict(self._offsets.get(consumer, {}))
+
+    def read(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> pa.Table:
+        names = metric_names(metrics)
+        with self._lock:
+            self._check_open()
+            table = self._rollups.get((version, merchant_id))
+        if table is None or not names:
+            return empty_partials()
+        mask = pc.and_(
+            pc.and_(
+                pc.is_in(table["metric"], value_set=pa.array(names, pa.string())),
+                pc.equal(table["dimension"], dimension),
+            ),
+            pc.and_(pc.greater_equal(table["bucket"], start), pc.less(table["bucket"], end)),
+        )
+        return table.filter(mask)
+
+    def members(
+        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+    ) -> list[tuple[str, int]]:
+        rows = self.read(version, merchant_id, [metric], start, end, dimension)
+        totals: dict[str, int] = {}
+        for member, count in zip(
+            rows["member"].to_pylist(), rows["count"].to_pylist(), strict=True
+        ):
+            totals[member] = totals.get(member, 0) + (count or 0)
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+
+    def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
+        check_timezone(timezone)
+        with self._lock:
+            self._check_open()
+            self._timezones[merchant_id] = timezone
+
+    def merchant_timezone(self, merchant_id: str) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._timezones.get(merchant_id)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
+    def _check_version(self, version: int) -> None:
+        self._check_open()
+        if not any(v.id == version for v in self._versions):
+            raise UnknownVersionError(version)

@@ -1,0 +1,438 @@
+"""The embedded serving store: one SQLite file in WAL mode.
+
+Why these settings:
+
+* **WAL** lets the query API's readers (threads or other processes) read while the
+  aggregator writes; each read sees the last committed transaction.
+* **synchronous=NORMAL**: a commit is atomic but the last ones may be lost on power failure.
+  Nothing is lost for good: the consumers' offsets are committed with the rows they account
+  for, so the aggregator re-reads the log from the older offsets that came with the older data
+  and counts nothing twice.
+* Rollups are ``WITHOUT ROWID`` tables keyed ``(version, merchant_id, metric, dimension,
+  member, bucket)``: a merchant's range read is one contiguous scan of the primary key, and
+  writes sorted in key order touch neighbouring pages.
+* One connection per thread at a time, from a small pool. Connections are made with
+  ``check_same_thread=False`` only so ``close()`` may close them from any thread; the pool
+  never hands one connection to two threads at once.
+
+The schema is created and upgraded by the store itself: ``PRAGMA user_version`` is the number
+of :data:`MIGRATIONS` applied; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import pyarrow as pa
+
+from mercato.metrics.kernel import PARTIAL_SCHEMA, empty_partials, merge_sketches, sort_partials
+from mercato.store.base import (
+    REGISTERED,
+    DefinitionVersion,
+    check_timezone,
+    conform_partials,
+    metric_names,
+)
+from mercato.store.errors import (
+    StoreClosedError,
+    StoreError,
+    StoreSchemaError,
+    StoreWriteError,
+    UnknownVersionError,
+)
+
+if TYPE_CHECKING:
+    from mercato.config import StoreConfig
+
+
+def _rollup_table(name: str) -> str:
+    return f"""
+        CREATE TABLE {name} (
+            version     INTEGER NOT NULL,
+            merchant_id TEXT    NOT NULL,
+            metric      TEXT    NOT NULL,
+            dimension   TEXT    NOT NULL,
+            member      TEXT    NOT NULL,
+            bucket      INTEGER NOT NULL,
+            count       INTEGER,
+            sum         INTEGER,
+            min         INTEGER,
+            max         INTEGER,
+            sketch      BLOB,
+            PRIMARY KEY (version, merchant_id, metric, dimension, member, bucket)
+        ) WITHOUT ROWID
+    """
+
+
+# Append only: a released migration is never edited, a change is a new entry.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE definition_versions (
+            id         INTEGER PRIMARY KEY,
+            hash       TEXT    NOT NULL UNIQUE,
+            text       TEXT    NOT NULL,
+            created_at INTEGER NOT NULL,  -- epoch milliseconds
+            state      TEXT    NOT NULL DEFAULT 'registered'
+        )
+        """,
+        """
+        CREATE TABLE serving_version (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            version   INTEGER NOT NULL REFERENCES definition_versions (id)
+        )
+        """,
+        _rollup_table("speed_rollups"),
+        _rollup_table("final_rollups"),
+        """
+        CREATE TABLE consumer_offsets (
+            consumer    TEXT    NOT NULL,
+            partition   INTEGER NOT NULL,
+            next_offset INTEGER NOT NULL,
+            PRIMARY KEY (consumer, partition)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE merchants (
+            merchant_id TEXT    NOT NULL PRIMARY KEY,
+            timezone    TEXT,
+            updated_at  INTEGER NOT NULL  -- epoch milliseconds
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE job_runs (
+            id          INTEGER PRIMARY KEY,
+            job         TEXT    NOT NULL,
+            params      TEXT    NOT NULL DEFAULT '{}',  -- JSON
+            attempt     INTEGER NOT NULL DEFAULT 1,
+            status      TEXT    NOT NULL,
+            started_at  INTEGER NOT NULL,  -- epoch milliseconds
+            finished_at INTEGER,
+            error       TEXT
+        )
+        """,
+        "CREATE INDEX job_runs_by_job ON job_runs (job, started_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+COLUMNS = ", ".join(PARTIAL_SCHEMA.names)
+
+
+def _upsert(table: str) -> str:
+    # NULL means "nothing yet": x + NULL is x, and min/max ignore NULL (SQLite's scalar
+    # min()/max() return NULL if any argument is NULL, hence the coalesce).
+    return f"""
+        INSERT INTO {table} (version, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (version, merchant_id, metric, dimension, member, bucket) DO UPDATE SET
+            count = coalesce({table}.count + excluded.count, {table}.count, excluded.count),
+            sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),
+            min = coalesce(min({table}.min, excluded.min), {table}.min, excluded.min),
+            max = coalesce(max({table}.max, excluded.max), {table}.max, excluded.max),
+            sketch = CASE
+                WHEN {table}.sketch IS NULL THEN excluded.sketch
+                WHEN excluded.sketch IS NULL THEN {table}.sketch
+                ELSE merge_sketches({table}.sketch, excluded.sketch)
+            END
+    """
+
+
+UPSERT_SPEED = _upsert("speed_rollups")
+SET_OFFSET = """
+    INSERT INTO consumer_offsets (consumer, partition, next_offset) VALUES (?, ?, ?)
+    ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset
+"""
+
+# The exception a sketch merge raised inside SQLite, which only reports that "a user-defined
+# function raised"; kept per thread so the write can name the real cause.
+_function_failure = threading.local()
+
+
+def _merge_two(left: bytes, right: bytes) -> bytes | None:
+    try:
+        return merge_sketches([left, right])
+    except Exception as exc:
+        _function_failure.exc = exc
+        raise
+
+
+class SqliteStore:
+    """The store in one SQLite file at ``path``, created and migrated on open."""
+
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        self.path = Path(path)
+        self._config = config
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        self._idle.append(connection)
+
+    # -- definitions versions ---------------------------------------------------------------
+
+    def register_version(self, hash: str, text: str) -> int:
+        with self._connection() as db:
+            db.execute(
+                "INSERT INTO definition_versions (hash, text, created_at, state)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+                (hash, text, _now_ms(), REGISTERED),
+            )
+            row = db.execute("SELECT id FROM definition_versions WHERE hash = ?", (hash,))
+            return int(row.fetchone()[0])
+
+    def versions(self) -> list[DefinitionVersion]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT id, hash, text, created_at, state FROM definition_versions ORDER BY id"
+            ).fetchall()
+        return [
+            DefinitionVersion(id, hash, text, datetime.fromtimestamp(ms / 1000, UTC), state)
+            for id, hash, text, ms, state in rows
+        ]
+
+    def serving_version(self) -> int | None:
+        with self._connection() as db:
+            row = db.execute("SELECT version FROM serving_version").fetchone()
+        return None if row is None else int(row[0])
+
+    def set_serving_version(self, version: int) -> None:
+        with self._connection() as db, _transaction(db):
+            _check_version(db, version)
+            db.execute(
+                "INSERT INTO serving_version (singleton, version) VALUES (1, ?)"
+                " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
+                (version,),
+            )
+
+    # -- rollups and offsets ----------------------------------------------------------------
+
+    def write(
+        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+    ) -> None:
+        table = sort_partials(conform_partials(partials))
+        positions = [(consumer, int(p), int(o)) for p, o in offsets.items()]
+        with self._connection() as db:
+            _function_failure.exc = None
+            try:
+                with _transaction(db):
+                    _check_version(db, version)
+                    db.executemany(UPSERT_SPEED, _rows(version, table))
+                    db.executemany(SET_OFFSET, positions)
+            except sqlite3.Error as exc:
+                cause = getattr(_function_failure, "exc", None) or exc
+                _function_failure.exc = None
+                raise StoreWriteError(
+                    f"write of {table.num_rows} partials for {consumer!r} was rolled back: {cause}"
+                ) from cause
+
+    def offsets(self, consumer: str) -> dict[int, int]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?",
+                (consumer,),
+            ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def read(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> pa.Table:
+        names = metric_names(metrics)
+        if not names:
+            return empty_partials()
+        marks = ", ".join("?" * len(names))
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM speed_rollups"
+                f" WHERE version = ? AND merchant_id = ? AND metric IN ({marks})"
+                "   AND dimension = ? AND bucket >= ? AND bucket < ?"
+                " ORDER BY metric, dimension, member, bucket",
+                (version, merchant_id, *names, dimension, start, end),
+            ).fetchall()
+        return _table(rows)
+
+    def members(
+        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+    ) -> list[tuple[str, int]]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT member, coalesce(sum(count), 0) AS total FROM speed_rollups"
+                " WHERE version = ? AND merchant_id = ? AND metric = ? AND dimension = ?"
+                "   AND bucket >= ? AND bucket < ?"
+                " GROUP BY member ORDER BY total DESC, member",
+                (version, merchant_id, metric, dimension, start, end),
+            ).fetchall()
+        return [(str(member), int(total)) for member, total in rows]
+
+    # -- merchants --------------------------------------------------------------------------
+
+    def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
+        check_timezone(timezone)
+        with self._connection() as db:
+            db.execute(
+                "INSERT INTO merchants (merchant_id, timezone, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (merchant_id) DO UPDATE"
+                " SET timezone = excluded.timezone, updated_at = excluded.updated_at",
+                (merchant_id, timezone, _now_ms()),
+            )
+
+    def merchant_timezone(self, merchant_id: str) -> str | None:
+        with self._connection() as db:
+            row = db.execute(
+                "SELECT timezone FROM merchants WHERE merchant_id = ?", (merchant_id,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pooled connections; ones in use close when their call returns."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        config = self._config
+        try:
+            db = sqlite3.connect(
+                self.path,
+                timeout=config.busy_timeout_ms / 1000,
+                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE … COMMIT
+                check_same_thread=False,  # the pool hands a connection to one thread at a time
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{int(config.cache_mb) * 1024}")
+            db.execute(f"PRAGMA mmap_size = {int(config.mmap_mb) * 1024 * 1024}")
+        except sqlite3.Error as exc:
+            db.close()
+            if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+                raise StoreSchemaError(f"{self.path} is not an SQLite database") from exc
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+        db.create_function("merge_sketches", 2, _merge_two, deterministic=True)
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """Refuse a newer or foreign database, switch to WAL, apply pending migrations."""
+        try:
+            self._check_schema(db)  # before changing anything in a file we may not own
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the store {self.path} cannot use WAL (journal mode {mode})")
+            if self._check_schema(db) == SCHEMA_VERSION:
+                return
+            with _transaction(db):
+                current = self._check_schema(db)  # again: another process may have migrated
+                for statements in MIGRATIONS[current:]:
+                    for statement in statements:
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreSchemaError(f"cannot use {self.path} as a Mercato store: {exc}") from exc
+
+    def _check_schema(self, db: sqlite3.Connection) -> int:
+        current = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"the store {self.path} has schema version {current}, newer than this Mercato"
+                f" knows ({SCHEMA_VERSION}): upgrade Mercato, or point [store] path elsewhere"
+            )
+        if current == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreSchemaError(f"{self.path} is an SQLite database but not a Mercato store")
+        return current
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(f"the store {self.path} is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._connect()
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: {exc}") from exc
+        finally:
+            if db.in_transaction:  # only if interrupted between BEGIN and COMMIT/ROLLBACK
+                db.rollback()
+            with self._lock:
+                keep = not self._closed
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a busy writer waits (busy_timeout) at BEGIN
+    # instead of failing half way when a read transaction would need upgrading.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:  # SQLite rolls back by itself after some errors (disk full)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _check_version(db: sqlite3.Connection, version: int) -> None:
+    if db.execute("SELECT 1 FROM definition_versions WHERE id = ?", (version,)).fetchone() is None:
+        raise UnknownVersionError(version)
+
+
+def _rows(version: int, table: pa.Table) -> Iterable[tuple[Any, ...]]:
+    columns = [table[name].to_pylist() for name in PARTIAL_SCHEMA.names]
+    return zip(itertools.repeat(version, table.num_rows), *columns, strict=True)
+
+
+def _table(rows: list[tuple[Any, ...]]) -> pa.Table:
+    if not rows:
+        return empty_partials()
+    columns = list(zip(*rows, strict=True))
+    arrays = [
+        pa.array(values, field.type) for values, field in zip(columns, PARTIAL_SCHEMA, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=PARTIAL_SCHEMA)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

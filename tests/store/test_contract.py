@@ -1,0 +1,446 @@
+"""The Store contract, held against every backend (``store_factory``)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+
+import pyarrow as pa
+import pytest
+
+from mercato.metrics.kernel import PARTIAL_SCHEMA, sketch_estimate, sketch_quantile
+from mercato.store.base import Store
+from mercato.store.errors import (
+    InvalidPartialsError,
+    InvalidTimezoneError,
+    StoreClosedError,
+    StoreWriteError,
+    UnknownVersionError,
+)
+from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
+
+from .conftest import EVERYTHING, StoreFactory, hll, kll, partials, row
+
+
+def read_rows(
+    store: Store,
+    version: int,
+    merchant_id: str,
+    metrics: list[str],
+    dimension: str = "",
+    start: int = EVERYTHING[0],
+    end: int = EVERYTHING[1],
+) -> list[dict[str, object]]:
+    table = store.read(version, merchant_id, metrics, start, end, dimension)
+    assert table.schema.equals(PARTIAL_SCHEMA)
+    return table.to_pylist()
+
+
+def versioned(store: Store) -> int:
+    return store.register_version("v-hash", "metrics: []")
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+def test_write_and_read_back_in_key_order(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert isinstance(store, Store)
+    v = versioned(store)
+    written = [
+        row("m1", "revenue", bucket=900, count=2, sum=500),
+        row("m1", "orders", bucket=900, count=2),
+        row("m1", "orders", bucket=0, count=1),
+        row("m1", "orders", "channel", "web", bucket=0, count=1),
+        row("m1", "orders", "channel", "pos", bucket=0, count=3),
+        row("m2", "orders", bucket=0, count=7),
+    ]
+    store.write(v, "agg", partials(*written), {0: 10})
+    assert read_rows(store, v, "m1", ["orders", "revenue"]) == [
+        written[2],
+        written[1],
+        written[0],
+    ]
+    assert read_rows(store, v, "m1", ["orders"], "channel") == [written[4], written[3]]
+    assert read_rows(store, v, "m2", ["orders"]) == [written[5]]
+
+
+def test_two_writes_to_one_key_add_up_and_take_extremes(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(v, "agg", partials(row(count=2, sum=100, min=5, max=50)), {0: 1})
+    store.write(v, "agg", partials(row(count=3, sum=-40, min=-7, max=20)), {0: 2})
+    store.write(v, "agg", partials(row(count=1, sum=1, min=0, max=90)), {0: 3})
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=6, sum=61, min=-7, max=90)]
+
+
+def test_rows_of_one_key_twice_in_one_write_both_count(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    a, b = hll(f"a{i}" for i in range(500)), hll(f"b{i}" for i in range(500))
+    twice = partials(
+        row(count=2, sum=10, min=3, max=3, sketch=a),
+        row("m1", "orders", bucket=900),
+        row(count=5, sum=20, min=1, max=9, sketch=b),
+    )
+    store.write(v, "agg", twice, {})
+    [first, second] = read_rows(store, v, "m1", ["orders"])
+    assert first == row(count=7, sum=30, min=1, max=9, sketch=first["sketch"])
+    assert second == row(bucket=900)
+    assert isinstance(first["sketch"], bytes)
+    assert sketch_estimate(first["sketch"]) == pytest.approx(1000, rel=0.05)
+
+
+def test_nulls_are_nothing_yet(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    sketch = hll(["x", "y"])
+    store.write(
+        v,
+        "agg",
+        partials(
+            row(bucket=0, count=None, sum=None, min=None, max=None, sketch=None),
+            row(bucket=900, count=1, sum=4, min=4, max=4, sketch=sketch),
+            row(bucket=1800, count=None, sum=None, min=None, max=None, sketch=None),
+        ),
+        {},
+    )
+    store.write(
+        v,
+        "agg",
+        partials(
+            row(bucket=0, count=2, sum=7, min=-3, max=8, sketch=sketch),
+            row(bucket=900, count=None, sum=None, min=None, max=None, sketch=None),
+            row(bucket=1800, count=None, sum=None, min=None, max=None, sketch=None),
+        ),
+        {},
+    )
+    assert read_rows(store, v, "m1", ["orders"]) == [
+        row(bucket=0, count=2, sum=7, min=-3, max=8, sketch=sketch),
+        row(bucket=900, count=1, sum=4, min=4, max=4, sketch=sketch),
+        row(bucket=1800, count=None, sum=None, min=None, max=None, sketch=None),
+    ]
+
+
+def test_hll_sketches_unite(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    first = hll(f"customer-{i}" for i in range(1000))
+    second = hll(f"shopper-{i}" for i in range(1000))
+    assert sketch_estimate(first) == pytest.approx(1000, rel=0.05)
+    store.write(v, "agg", partials(row(metric="customers", sketch=first)), {})
+    store.write(v, "agg", partials(row(metric="customers", sketch=second)), {})
+    [stored] = read_rows(store, v, "m1", ["customers"])
+    assert isinstance(stored["sketch"], bytes)
+    assert sketch_estimate(stored["sketch"]) == pytest.approx(2000, rel=0.05)
+
+
+def test_kll_sketches_unite(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(v, "agg", partials(row(metric="latency", sketch=kll(range(0, 1000)))), {})
+    store.write(v, "agg", partials(row(metric="latency", sketch=kll(range(1000, 2000)))), {})
+    [stored] = read_rows(store, v, "m1", ["latency"])
+    assert isinstance(stored["sketch"], bytes)
+    assert sketch_quantile(stored["sketch"], 0.5) == pytest.approx(1000, rel=0.05)
+    assert sketch_quantile(stored["sketch"], 0.1) == pytest.approx(200, abs=40)
+
+
+def test_reads_are_merchant_scoped(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(
+        v,
+        "agg",
+        partials(
+            row("shop-a", count=1),
+            row("shop-b", count=2),
+            row("shop-a", "orders", "channel", "web", count=1),
+            row("shop-ab", count=3),
+            row("shop-", count=4),
+        ),
+        {},
+    )
+    a = read_rows(store, v, "shop-a", ["orders"])
+    assert a == [row("shop-a", count=1)]
+    assert read_rows(store, v, "shop-b", ["orders"]) == [row("shop-b", count=2)]
+    assert read_rows(store, v, "shop-b", ["orders"], "channel") == []
+    assert read_rows(store, v, "shop", ["orders"]) == []
+    assert read_rows(store, v, "SHOP-A", ["orders"]) == []
+    assert store.members(v, "shop-b", "orders", "channel", *EVERYTHING) == []
+
+
+def test_reads_respect_metric_dimension_version_and_bucket_range(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v1 = versioned(store)
+    v2 = store.register_version("other-hash", "metrics: [x]")
+    rows = [
+        row(metric=metric, dimension=dimension, member=member, bucket=bucket, count=bucket + 1)
+        for metric in ("orders", "refunds", "revenue")
+        for dimension, member in (("", ""), ("channel", "web"), ("country", "DE"))
+        for bucket in (-900, 0, 900, 1800, 2700)
+    ]
+    store.write(v1, "agg", partials(*rows), {})
+    store.write(v2, "agg", partials(row(count=99)), {})
+
+    got = read_rows(store, v1, "m1", ["revenue", "orders"], "channel", 0, 1800)
+    assert [(r["metric"], r["dimension"], r["bucket"]) for r in got] == [
+        ("orders", "channel", 0),
+        ("orders", "channel", 900),
+        ("revenue", "channel", 0),
+        ("revenue", "channel", 900),
+    ]
+    assert [r["bucket"] for r in read_rows(store, v1, "m1", ["refunds"], "", -900, 901)] == [
+        -900,
+        0,
+        900,
+    ]
+    assert read_rows(store, v1, "m1", ["refunds"], "", 901, 1800) == []
+    assert read_rows(store, v1, "m1", ["nothing"]) == []
+    assert read_rows(store, v1, "m1", []) == []
+    assert read_rows(store, v2, "m1", ["orders"]) == [row(count=99)]
+    assert read_rows(store, v2 + 1, "m1", ["orders"]) == []
+    with pytest.raises(TypeError):
+        store.read(v1, "m1", "orders", *EVERYTHING)
+
+
+def test_members_with_their_total_counts(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(
+        v,
+        "agg",
+        partials(
+            row(dimension="channel", member="web", bucket=0, count=4),
+            row(dimension="channel", member="web", bucket=900, count=4),
+            row(dimension="channel", member="pos", bucket=0, count=9),
+            row(dimension="channel", member="app", bucket=900, count=8),
+            row(dimension="channel", member="mail", bucket=1800, count=50),
+            row(dimension="country", member="DE", bucket=0, count=100),
+            row("m2", dimension="channel", member="web", bucket=0, count=1000),
+        ),
+        {},
+    )
+    assert store.members(v, "m1", "orders", "channel", 0, 1800) == [
+        ("pos", 9),
+        ("app", 8),
+        ("web", 8),
+    ]
+    assert store.members(v, "m1", "revenue", "channel", 0, 1800) == []
+
+
+# -- atomicity --------------------------------------------------------------------------------
+
+
+def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    good = hll(["x"])
+    store.write(v, "agg", partials(row("a", count=1), row("b", sketch=good)), {0: 5, 1: 7})
+    before = (read_rows(store, v, "a", ["orders"]), read_rows(store, v, "b", ["orders"]))
+    # In key order "a" is merged first; then "b"'s sketch, which is garbage, fails to merge.
+    broken = partials(
+        row("a", count=10),
+        row("a", bucket=900, count=1),
+        row("b", sketch=b"H-not-a-sketch"),
+    )
+    with pytest.raises(StoreWriteError):
+        store.write(v, "agg", broken, {0: 8, 1: 9, 2: 1})
+    assert (read_rows(store, v, "a", ["orders"]), read_rows(store, v, "b", ["orders"])) == before
+    assert store.offsets("agg") == {0: 5, 1: 7}
+    store.write(v, "agg", partials(row("a", count=10)), {0: 8})
+    assert read_rows(store, v, "a", ["orders"]) == [row("a", count=11)]
+    assert store.offsets("agg") == {0: 8, 1: 7}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pa.table({"merchant_id": ["m1"], "metric": ["orders"]}),
+        partials(row(), row(bucket=900)).set_column(
+            0, "merchant_id", pa.array(["m1", None], pa.string())
+        ),
+        partials(row(bucket=450)),
+        partials(row()).set_column(5, "count", pa.array(["many"], pa.string())),
+    ],
+    ids=["missing-columns", "null-merchant", "off-grid-bucket", "text-count"],
+)
+def test_invalid_partials_change_nothing(store_factory: StoreFactory, bad: pa.Table) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(v, "agg", partials(row(count=1)), {0: 1})
+    with pytest.raises(InvalidPartialsError):
+        store.write(v, "agg", bad, {0: 2})
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=1)]
+    assert store.offsets("agg") == {0: 1}
+
+
+def test_partials_in_another_column_order_or_compatible_types(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    table = partials(row(count=3))
+    reordered = table.select(list(reversed(table.column_names)))
+    narrow = reordered.set_column(
+        reordered.column_names.index("count"), "count", pa.array([3], pa.int32())
+    )
+    store.write(v, "agg", narrow, {})
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=3)]
+
+
+def test_write_to_an_unknown_version_is_refused(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    with pytest.raises(UnknownVersionError):
+        store.write(41, "agg", partials(row()), {0: 1})
+    assert store.offsets("agg") == {}
+
+
+# -- offsets ----------------------------------------------------------------------------------
+
+
+def test_offsets_per_consumer_and_partition(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    assert store.offsets("agg") == {}
+    store.write(v, "agg", partials(row()), {0: 10, 3: 4})
+    store.write(v, "agg", PARTIAL_SCHEMA.empty_table(), {3: 9, 5: 1})
+    store.write(v, "other", PARTIAL_SCHEMA.empty_table(), {0: 100})
+    store.write(v, "agg", partials(row()), {})
+    assert store.offsets("agg") == {0: 10, 3: 9, 5: 1}
+    assert store.offsets("other") == {0: 100}
+    assert store.offsets("nobody") == {}
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=2)]
+
+
+# -- versions, merchants, life cycle ----------------------------------------------------------
+
+
+def test_version_registration_is_idempotent(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.versions() == []
+    first = store.register_version("aaa", "metrics: [a]")
+    second = store.register_version("bbb", "metrics: [b]")
+    assert first != second
+    assert store.register_version("aaa", "metrics: [a]  # reformatted") == first
+    versions = store.versions()
+    assert [(x.id, x.hash, x.text, x.state) for x in versions] == [
+        (first, "aaa", "metrics: [a]", "registered"),
+        (second, "bbb", "metrics: [b]", "registered"),
+    ]
+    assert versions[0].created_at.tzinfo is not None
+
+
+def test_serving_version_pointer(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.serving_version() is None
+    first = store.register_version("aaa", "a")
+    second = store.register_version("bbb", "b")
+    store.set_serving_version(first)
+    assert store.serving_version() == first
+    store.set_serving_version(second)
+    assert store.serving_version() == second
+    with pytest.raises(UnknownVersionError):
+        store.set_serving_version(second + 100)
+    assert store.serving_version() == second
+
+
+def test_merchant_timezone(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.merchant_timezone("m1") is None
+    store.set_merchant_timezone("m1", "Asia/Kathmandu")
+    store.set_merchant_timezone("m2", "UTC")
+    assert store.merchant_timezone("m1") == "Asia/Kathmandu"
+    store.set_merchant_timezone("m1", "America/St_Johns")
+    assert store.merchant_timezone("m1") == "America/St_Johns"
+    assert store.merchant_timezone("m2") == "UTC"
+    for bad in ("Mars/Olympus_Mons", "", "../../etc/passwd", "localtime", "asia/kolkata"):
+        with pytest.raises(InvalidTimezoneError, match="time zone"):
+            store.set_merchant_timezone("m1", bad)
+    assert store.merchant_timezone("m1") == "America/St_Johns"
+
+
+def test_closed_store_refuses_work(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    with store as same:
+        assert same is store
+        v = versioned(store)
+    with pytest.raises(StoreClosedError):
+        store.read(v, "m1", ["orders"], *EVERYTHING)
+    with pytest.raises(StoreClosedError):
+        store.write(v, "agg", partials(row()), {})
+
+
+def test_readers_in_threads_see_whole_writes(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    writes = 150
+    # Every write adds one to two buckets: a read that saw half a write would see them differ.
+    pair = partials(row(bucket=0), row(bucket=900))
+    done = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(writes):
+                store.write(v, "agg", pair, {0: i + 1})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            last = 0
+            while not done.is_set() or last < writes:
+                rows = read_rows(store, v, "m1", ["orders"])
+                counts = [r["count"] for r in rows]
+                assert len(counts) in (0, 2)
+                assert len(set(counts)) <= 1
+                current = counts[0] if counts else 0
+                assert isinstance(current, int)
+                assert current >= last
+                last = current
+                seen.append(current)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)]
+    threads += [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert read_rows(store, v, "m1", ["orders"]) == [
+        row(count=writes),
+        row(bucket=900, count=writes),
+    ]
+    assert store.offsets("agg") == {0: writes}
+    assert seen
+
+
+# -- the merchant-scoped choke point ----------------------------------------------------------
+
+
+def _public_methods(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+
+@pytest.mark.parametrize("backend", [MemoryStore, SqliteStore])
+def test_every_rollup_read_requires_a_merchant(backend: type) -> None:
+    # A backend may add no public method the Store protocol lacks (a side door), and every
+    # protocol method that hands out rollup data takes the merchant it is scoped to.
+    protocol = _public_methods(Store)
+    assert _public_methods(backend) == protocol
+    rollup_reads = {"read", "members"}
+    assert rollup_reads <= protocol
+    for name in protocol:
+        parameters = inspect.signature(getattr(Store, name)).parameters
+        returns = str(inspect.signature(getattr(Store, name)).return_annotation)
+        if name in rollup_reads or "Table" in returns:
+            assert list(parameters)[1:3] == ["version", "merchant_id"], name
