@@ -1,8 +1,10 @@
 """``mercato demo``: the embedded pipeline on one machine, with generated traffic.
 
-The collector and the traffic generator run as separate processes (so both cores work) under
-one data directory; this process watches the log and shows events flowing into it. Ctrl-C
-stops the generator first, then the collector, which finishes the requests in flight.
+The collector, the aggregator and the traffic generator run as separate processes (so both
+cores work) under one data directory; this process watches the log and the store and shows
+events flowing through. Ctrl-C stops the generator first, then the collector, which finishes
+the requests in flight, then the aggregator, which finishes its batch. Running it again on
+the same directory resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from mercato.demo.traffic import TrafficStats
 from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.log.base import Log
+from mercato.metrics.definitions import load_definitions
+from mercato.store import open_store
 
 
 class DemoError(MercatoError):
@@ -93,9 +98,8 @@ def run_demo(
         "MERCATO_LOG_PARTITIONS": str(config.log.partitions),
     }
     url = f"http://{host}:{port}"
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "mercato", "run", "collector"], env=env, stdout=subprocess.DEVNULL
-    )
+    collector = _start_role("collector", config, env)
+    aggregator = _start_role("aggregator", config, env)
     traffic: subprocess.Popen[bytes] | None = None
     stats = TrafficStats()
     try:
@@ -118,21 +122,41 @@ def run_demo(
             env=env,
             stdout=subprocess.PIPE,
         )  # fmt: skip
-        log = open_log(config)
-        try:
-            _watch(log, duration, console, lambda: collector.poll() is not None)
-        finally:
-            log.close()
+
+        def died() -> str | None:
+            for name, process in (("collector", collector), ("aggregator", aggregator)):
+                if process.poll() is not None:
+                    return f"the {name} stopped; see {config.data_path / (name + '.log')}"
+            return None
+
+        consumer = f"aggregator/{load_definitions(config.aggregator.definitions or None).version}"
+        with closing(open_log(config)) as log, open_store(config) as store:
+            _watch(log, lambda: store.offsets(consumer), duration, console, died)
     except KeyboardInterrupt:
         pass
     finally:
         if traffic is not None:
             stats = _stop_traffic(traffic)
         _stop(collector)
+        _stop(aggregator)
     return stats
 
 
-def _watch(log: Log, duration: float | None, console: Console, died: Callable[[], bool]) -> None:
+def _start_role(role: str, config: Config, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``mercato run ROLE`` in the background, its output in ``<data_dir>/ROLE.log``."""
+    with open(config.data_path / f"{role}.log", "ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mercato", "run", role], env=env, stdout=output, stderr=output
+        )
+
+
+def _watch(
+    log: Log,
+    counted: Callable[[], dict[int, int]],
+    duration: float | None,
+    console: Console,
+    died: Callable[[], str | None],
+) -> None:
     deadline = None if duration is None else time.monotonic() + duration
     started = time.monotonic()
     first = sum(log.end_offset(p) for p in range(log.partitions))
@@ -141,31 +165,35 @@ def _watch(log: Log, duration: float | None, console: Console, died: Callable[[]
     with Live(console=console, auto_refresh=False, transient=False) as live:
         while deadline is None or time.monotonic() < deadline:
             time.sleep(1.0)
-            if died():
-                raise DemoError("the collector stopped unexpectedly")
+            if (problem := died()) is not None:
+                raise DemoError(problem)
             ends = [log.end_offset(p) for p in range(log.partitions)]
+            done = counted()
             total, now = sum(ends), time.monotonic()
             rate = (total - last_total) / (now - last_time)
             last_total, last_time = total, now
+            lag = sum(end - done.get(p, 0) for p, end in enumerate(ends))
             if interactive:
-                live.update(_table(ends, rate, total - first, now - started), refresh=True)
+                live.update(_table(ends, done, rate, total - first, now - started), refresh=True)
             else:
                 console.print(
-                    f"{now - started:5.0f}s  {rate:9.0f} events/s  {total:10d} in the log",
+                    f"{now - started:5.0f}s  {rate:9.0f} events/s  {total:10d} in the log  "
+                    f"{lag:8d} not yet aggregated",
                     highlight=False,
                 )
 
 
-def _table(ends: list[int], rate: float, added: int, elapsed: float) -> Table:
-    table = Table(title=f"events flowing into the log ({elapsed:.0f} s, Ctrl-C to stop)")
+def _table(ends: list[int], done: dict[int, int], rate: float, added: int, elapsed: float) -> Table:
+    table = Table(title=f"events flowing through the pipeline ({elapsed:.0f} s, Ctrl-C to stop)")
     table.add_column("partition", justify="right")
-    table.add_column("end offset", justify="right")
+    table.add_column("in the log", justify="right")
+    table.add_column("aggregated", justify="right")
     for partition, end in enumerate(ends):
-        table.add_row(str(partition), f"{end:,}")
+        table.add_row(str(partition), f"{end:,}", f"{done.get(partition, 0):,}")
     table.add_section()
-    table.add_row("events/s", f"{rate:,.0f}")
-    table.add_row("added", f"{added:,}")
-    table.add_row("total", f"{sum(ends):,}")
+    table.add_row("events/s", f"{rate:,.0f}", "")
+    table.add_row("added", f"{added:,}", "")
+    table.add_row("total", f"{sum(ends):,}", f"{sum(done.values()):,}")
     return table
 
 
