@@ -142,12 +142,16 @@ class Aggregator:
         return events, partitions, invalid
 
     def _drop_duplicates(self, events: list[Any], partitions: list[int]) -> list[Any]:
-        kept = []
-        for partition, event in zip(partitions, events, strict=True):
-            if self.windows[partition].admit([dedup_key(event.merchant_id, event.event_id)])[0]:
-                kept.append(event)
-            else:
-                self.stats.duplicates += 1
+        positions: dict[int, list[int]] = {}
+        for i, partition in enumerate(partitions):
+            positions.setdefault(partition, []).append(i)
+        keep = [False] * len(events)
+        for partition, indexes in positions.items():
+            keys = [dedup_key(events[i].merchant_id, events[i].event_id) for i in indexes]
+            for i, new in zip(indexes, self.windows[partition].admit(keys), strict=True):
+                keep[i] = new
+        kept = [event for event, new in zip(events, keep, strict=True) if new]
+        self.stats.duplicates += len(events) - len(kept)
         return kept
 
     def lag(self) -> dict[int, int]:

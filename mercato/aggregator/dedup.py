@@ -34,18 +34,22 @@ class DedupWindow:
         """For each key: True if new (and now remembered), False if already seen."""
         verdicts = []
         generations = self._generations
+        newest = generations[-1]
+        limit = self._generation_size
         for key in keys:
-            if any(key in g for g in generations):
-                verdicts.append(False)
-                self.dropped += 1
-                continue
-            verdicts.append(True)
-            newest = generations[-1]
-            newest.add(key)
-            if len(newest) >= self._generation_size:
-                generations.append(set())
-                if len(generations) > GENERATIONS + 1:
-                    generations.popleft()
+            for generation in generations:
+                if key in generation:
+                    verdicts.append(False)
+                    self.dropped += 1
+                    break
+            else:
+                verdicts.append(True)
+                newest.add(key)
+                if len(newest) >= limit:
+                    newest = set()
+                    generations.append(newest)
+                    if len(generations) > GENERATIONS + 1:
+                        generations.popleft()
         return verdicts
 
     def remember(self, keys: Iterable[str]) -> None:

@@ -1,0 +1,109 @@
+"""Aggregator events/s into SQLite with many active merchants (issue: >= 300,000 events/s per
+process with 100,000 active merchants).
+
+Setup (not timed): a file log filled with generated commerce traffic (the demo's generator)
+spread over ``--merchants`` merchants. Each run: a fresh SQLite store, one Aggregator owning
+every partition, polled until the log is drained; events/s = events counted / wall time.
+In the same run, for reference: the kernel alone (decode + columnar batch + rollup, no store)
+over the same records. Prints one JSON document with min/median/max over ``--runs``.
+
+    python bench/aggregator_throughput.py [--events 500000] [--merchants 100000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from mercato.aggregator.aggregator import Aggregator
+from mercato.config import LogConfig, StoreConfig
+from mercato.demo.traffic import TrafficGenerator
+from mercato.events.native import decode_native, normalize_native
+from mercato.events.rules import EventRules
+from mercato.log.base import LogReader
+from mercato.log.file import FileLog
+from mercato.metrics.batch import BatchBuilder
+from mercato.metrics.definitions import load_definitions
+from mercato.metrics.kernel import rollup
+from mercato.store.sqlite import SqliteStore
+
+
+def fill(log: FileLog, events: int, merchants: int) -> None:
+    generator = TrafficGenerator(merchants=merchants, seed=1)
+    rules = EventRules()
+    now = datetime.now(UTC)
+    for _ in range(events // 10_000):
+        body = msgspec.json.encode(generator.batch(10_000, now))
+        records = normalize_native(decode_native(body, ndjson=False), now, "bench", rules)
+        log.append(records)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values)),
+        "median": round(statistics.median(values)),
+        "max": round(max(values)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--merchants", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=50_000, help="max records per partition")
+    args = parser.parse_args()
+    definitions = load_definitions()
+    results: dict[str, list[float]] = {"aggregator": [], "kernel_only": []}
+    rows: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="mercato-bench-") as tmp:
+        log = FileLog(Path(tmp) / "log", LogConfig(fsync=False))
+        fill(log, args.events, args.merchants)
+        values = [e.value for p in range(log.partitions) for e in LogReader(log, p, 0)]
+        for run in range(args.runs):
+            store = SqliteStore(Path(tmp) / f"store-{run}.sqlite3", StoreConfig())
+            started = time.perf_counter()
+            aggregator = Aggregator(log, store, definitions, max_batch_records=args.batch)
+            while aggregator.poll():
+                pass
+            elapsed = time.perf_counter() - started
+            results["aggregator"].append(aggregator.stats.events / elapsed)
+            rows.append(aggregator.stats.partial_rows)
+            store.close()
+
+            builder = BatchBuilder(definitions)
+            started = time.perf_counter()
+            for i in range(0, len(values), args.batch):
+                rollup(builder.batch(values[i : i + args.batch]), definitions)
+            results["kernel_only"].append(len(values) / (time.perf_counter() - started))
+        log.close()
+    aggregator_summary = summary(results["aggregator"])
+    report = {
+        "benchmark": "aggregator_throughput",
+        "unit": "events/s",
+        "events": len(values),
+        "merchants": args.merchants,
+        "runs": args.runs,
+        "aggregator": aggregator_summary,
+        "kernel_only": summary(results["kernel_only"]),
+        "ratio_to_kernel_only": round(
+            statistics.median(results["aggregator"]) / statistics.median(results["kernel_only"]),
+            3,
+        ),
+        "partial_rows_written": rows[0],
+        "target_events_per_s": 300_000,
+        "meets_target": aggregator_summary["median"] >= 300_000,
+        "samples": results,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
