@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+from benchstats import summary
 
 from mercato.aggregator.aggregator import Aggregator
 from mercato.config import LogConfig, StoreConfig
@@ -43,14 +44,6 @@ def fill(log: FileLog, events: int, merchants: int) -> None:
         body = msgspec.json.encode(generator.batch(10_000, now))
         records = normalize_native(decode_native(body, ndjson=False), now, "bench", rules)
         log.append(records)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "min": round(min(values)),
-        "median": round(statistics.median(values)),
-        "max": round(max(values)),
-    }
 
 
 def main() -> None:

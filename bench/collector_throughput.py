@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+from benchstats import summary
 
 HERE = Path(__file__).resolve().parent
 BATCH = 500
@@ -169,14 +170,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "min": round(min(values)),
-        "median": round(statistics.median(values)),
-        "max": round(max(values)),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -254,7 +247,7 @@ def main() -> None:
         "pinned": pin,
         "collector": collector,
         "ceiling": ceiling,
-        "ratio_per_round": {k: round(v, 3) for k, v in summary_ratio(ratios).items()},
+        "ratio_per_round": summary(ratios, 3),
         "target_events_per_s": 250_000,
         "target_ratio": 0.5,
         "meets_target": collector["median"] >= 250_000 and statistics.median(ratios) >= 0.5,
@@ -262,10 +255,6 @@ def main() -> None:
         "server_cpu_cores": {k: [round(v, 2) for v in values] for k, values in cpu.items()},
     }
     print(json.dumps(report, indent=2))
-
-
-def summary_ratio(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 if __name__ == "__main__":

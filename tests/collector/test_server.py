@@ -191,35 +191,52 @@ def test_two_collector_processes_append_to_one_log(collector_factory):
     assert stored == Counter(acknowledged)  # every event once: nothing lost, nothing doubled
 
 
-def test_kill_9_under_load_loses_nothing_acknowledged(collector_factory):
-    c = collector_factory()
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
+class Load:
+    """Client threads posting batches of unique events until stopped or the server dies;
+    ``acknowledged`` holds the ids of every event answered 200."""
 
-    def client(n: int) -> None:
+    def __init__(self, collector, clients: int, batch: int, tag: str) -> None:
+        self.collector = collector
+        self.acknowledged: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._batch, self._tag = batch, tag
+        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self, n: int) -> None:
         b = 0
-        while not stop.is_set():
-            ids = [f"k{n}-{b}-{i}" for i in range(100)]
+        while not self.stop.is_set():
+            ids = [f"{self._tag}{n}-{b}-{i}" for i in range(self._batch)]
             b += 1
+            events = [event(i, merchant=f"m_{i[-2:]}") for i in ids]
             try:
-                status, _, _ = c.post_events([event(i, merchant=f"m_{i[-2:]}") for i in ids])
+                status, _, _ = self.collector.post_events(events)
             except (OSError, http.client.HTTPException):  # the server died mid-request
                 return
             if status == 200:
-                with lock:
-                    acknowledged.extend(ids)
+                with self._lock:
+                    self.acknowledged.extend(ids)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(acknowledged) < 20_000 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return self.acknowledged
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(collector_factory):
+    c = collector_factory()
+    load = Load(c, clients=6, batch=100, tag="k")
+    load.wait_for(20_000)
     c.stop(signal.SIGKILL)
-    stop.set()
-    for t in threads:
-        t.join()
+    acknowledged = load.finish()
     assert len(acknowledged) >= 20_000
 
     restarted = collector_factory(c.data_dir)  # reopens and recovers the log
@@ -292,31 +309,9 @@ def test_disk_full_is_503_and_loses_nothing_acknowledged(collector_factory, tmp_
 
 def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(collector_factory):
     c = collector_factory()
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        b = 0
-        while not stop.is_set():
-            ids = [f"t{n}-{b}-{i}" for i in range(200)]
-            b += 1
-            try:
-                status, _, _ = c.post_events([event(i) for i in ids])
-            except (OSError, http.client.HTTPException):
-                return
-            if status == 200:
-                with lock:
-                    acknowledged.extend(ids)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    while len(acknowledged) < 5_000:
-        time.sleep(0.01)
+    load = Load(c, clients=4, batch=200, tag="t")
+    load.wait_for(5_000)
     assert c.stop(signal.SIGTERM) == 0
-    stop.set()
-    for t in threads:
-        t.join()
+    acknowledged = load.finish()
     stored = Counter(e.event_id for e in stored_events(c.data_dir))
     assert [i for i in acknowledged if stored[i] != 1] == []
