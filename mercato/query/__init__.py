@@ -1,0 +1,1 @@
+"""The query side: merchant-scoped reads of rollups as time series in any time zone."""

@@ -1,0 +1,101 @@
+"""Local calendar periods as exact unions of 15-minute UTC buckets.
+
+Every offset any IANA time zone has used since 1970 (and every DST transition) is a multiple
+of 15 minutes, so the boundaries of local hours, days, weeks and months always fall on a
+15-minute UTC boundary, and each stored bucket belongs to exactly one local period. A day in
+Europe/Berlin's spring-forward is 23 hours (92 buckets), Asia/Kolkata's days start at 18:30
+UTC and Asia/Kathmandu's at 18:15 UTC. :func:`periods` gives the periods of a range as
+``[start, end)`` epoch seconds; :func:`assign` maps buckets to them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+Granularity = Literal["15m", "hour", "day", "week", "month"]
+GRANULARITIES: tuple[str, ...] = ("15m", "hour", "day", "week", "month")
+BUCKET = 900
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of ``day`` in ``zone`` (a day may start at 01:00 if 00:00 is skipped)."""
+    naive = datetime(day.year, day.month, day.day)
+    for minutes in range(0, 24 * 60, 15):
+        candidate = (naive + timedelta(minutes=minutes)).replace(tzinfo=zone)
+        # a wall time inside a spring-forward gap does not survive the round trip
+        if candidate.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == candidate.replace(
+            tzinfo=None
+        ):
+            return candidate
+    raise ValueError(f"{day} has no instant in {zone}")  # pragma: no cover - no such zone
+
+
+def _epoch(at: datetime) -> int:
+    return int(at.astimezone(UTC).timestamp())
+
+
+def period_start(at: datetime, granularity: str, zone: ZoneInfo) -> int:
+    """Epoch seconds of the start of the local period containing ``at``."""
+    seconds = _epoch(at)
+    if granularity == "15m":
+        return seconds - seconds % BUCKET
+    local = at.astimezone(zone)
+    if granularity == "hour":
+        # a local hour starts where the local clock shows :00; with a :30 or :45 offset that
+        # is not a UTC hour boundary, so step back through the quarter hours
+        start = seconds - seconds % BUCKET
+        while datetime.fromtimestamp(start, zone).minute != 0:
+            start -= BUCKET
+        return start
+    day = local.date()
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())  # ISO weeks start on Monday
+    elif granularity == "month":
+        day = day.replace(day=1)
+    return _epoch(local_midnight(day, zone))
+
+
+def next_start(start: int, granularity: str, zone: ZoneInfo) -> int:
+    """Epoch seconds of the start of the period after the one starting at ``start``."""
+    if granularity == "15m":
+        return start + BUCKET
+    if granularity == "hour":
+        end = start + BUCKET
+        while datetime.fromtimestamp(end, zone).minute != 0:
+            end += BUCKET
+        return end
+    local = datetime.fromtimestamp(start, zone).date()
+    if granularity == "day":
+        following = local + timedelta(days=1)
+    elif granularity == "week":
+        following = local + timedelta(days=7)
+    else:
+        following = (local.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return _epoch(local_midnight(following, zone))
+
+
+def periods(start: datetime, end: datetime, granularity: str, zone: ZoneInfo) -> list[int]:
+    """Boundaries ``[p0, p1, …, pn]`` of the periods covering ``[start, end)``: period ``i``
+    is ``[p_i, p_(i+1))``. The first starts at or before ``start``."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+    first = period_start(start, granularity, zone)
+    stop = _epoch(end)
+    bounds = [first]
+    while bounds[-1] < stop:
+        bounds.append(next_start(bounds[-1], granularity, zone))
+    return bounds
+
+
+def assign(buckets: Sequence[int], bounds: Sequence[int]) -> list[int]:
+    """For each bucket (epoch seconds), the index of its period, or -1 outside them all."""
+    last = len(bounds) - 1
+    out = []
+    for bucket in buckets:
+        i = bisect.bisect_right(bounds, bucket) - 1
+        out.append(i if 0 <= i < last else -1)
+    return out
