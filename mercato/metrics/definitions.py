@@ -233,6 +233,8 @@ def _check_metric(
                 raise fail("expression", f"no metric named {name!r}")
             if not metrics[name].stored:
                 raise fail("expression", f"{name!r} is derived; use stored metrics only")
+            if metrics[name].kind == "percentile":
+                raise fail("expression", f"{name!r} is a percentile, not one number")
         return
     if metric.expression is not None:
         raise fail("expression", f"only derived metrics have one, not {metric.kind}")

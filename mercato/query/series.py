@@ -1,0 +1,163 @@
+"""Metric time series for one merchant, from stored partials, in any time zone.
+
+:class:`MerchantView` is the query side's only way to read rollups: it is bound to one
+merchant when it is made (from an authenticated token), so no request can reach another
+merchant's rows. :func:`timeseries` folds the 15-minute partials of a range into local
+periods (see :mod:`mercato.query.periods`) with the same rules as the kernel's merge: counts
+and sums add, extremes take the extreme, sketches unite; derived metrics are computed per
+period from their parts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from mercato.metrics.definitions import Definitions, Metric
+from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
+from mercato.query.periods import assign
+from mercato.store.base import Store
+
+Value = float | int | None
+
+
+class MerchantView:
+    """Reads of one merchant's rollups for one definitions version."""
+
+    def __init__(self, store: Store, version: int, merchant_id: str) -> None:
+        self._store = store
+        self._version = version
+        self.merchant_id = merchant_id
+
+    def rows(
+        self, metrics: Sequence[str], start: int, end: int, dimension: str = ""
+    ) -> list[dict[str, Any]]:
+        table = self._store.read(self._version, self.merchant_id, metrics, start, end, dimension)
+        rows: list[dict[str, Any]] = table.to_pylist()
+        return rows
+
+    def members(self, metric: str, dimension: str, start: int, end: int) -> list[tuple[str, int]]:
+        return self._store.members(self._version, self.merchant_id, metric, dimension, start, end)
+
+
+class Series(msgspec.Struct):
+    """One line of a chart: a value per period (``values`` per quantile for percentiles)."""
+
+    member: str | None
+    values: list[Value] | list[dict[str, Value]]
+
+
+class _Cell:
+    __slots__ = ("count", "max", "min", "sketches", "sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum: int | None = None
+        self.min: int | None = None
+        self.max: int | None = None
+        self.sketches: list[bytes] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.count += row["count"]
+        if row["sum"] is not None:
+            self.sum = row["sum"] if self.sum is None else self.sum + row["sum"]
+        if row["min"] is not None:
+            self.min = row["min"] if self.min is None else min(self.min, row["min"])
+        if row["max"] is not None:
+            self.max = row["max"] if self.max is None else max(self.max, row["max"])
+        if row["sketch"] is not None:
+            self.sketches.append(row["sketch"])
+
+
+def _value(metric: Metric, cell: _Cell | None) -> Value | dict[str, Value]:
+    if metric.kind == "percentile":
+        blob = merge_sketches(cell.sketches) if cell is not None else None
+        return {
+            f"p{round(q * 100, 2):g}": (sketch_quantile(blob, q) if blob is not None else None)
+            for q in metric.quantiles
+        }
+    if cell is None:
+        return 0 if metric.kind in ("count", "sum", "count_distinct") else None
+    if metric.kind == "count":
+        return cell.count
+    if metric.kind == "sum":
+        return cell.sum or 0
+    if metric.kind == "min":
+        return cell.min
+    if metric.kind == "max":
+        return cell.max
+    blob = merge_sketches(cell.sketches)
+    return round(sketch_estimate(blob)) if blob is not None else 0
+
+
+def fold(
+    rows: Sequence[dict[str, Any]], metric: Metric, bounds: Sequence[int]
+) -> dict[str | None, list[Any]]:
+    """Per member (``None`` for totals), the metric's value in each period."""
+    periods = len(bounds) - 1
+    cells: dict[str | None, list[_Cell | None]] = defaultdict(lambda: [None] * periods)
+    for row, index in zip(rows, assign([r["bucket"] for r in rows], bounds), strict=True):
+        if index < 0 or row["metric"] != metric.name:
+            continue
+        member = row["member"] if row["dimension"] else None
+        line = cells[member]
+        cell = line[index]
+        if cell is None:
+            cell = line[index] = _Cell()
+        cell.add(row)
+    return {member: [_value(metric, c) for c in line] for member, line in cells.items()}
+
+
+def timeseries(
+    view: MerchantView,
+    definitions: Definitions,
+    metric: Metric,
+    bounds: Sequence[int],
+    group_by: str | None = None,
+    top: int = 5,
+) -> list[Series]:
+    """The metric over the periods ``bounds``: the total, or its top members plus "other"."""
+    start, end = bounds[0], bounds[-1]
+    periods = len(bounds) - 1
+    if group_by is None:
+        return [Series(None, _total_values(view, definitions, metric, bounds, start, end))]
+    members = view.members(metric.name, group_by, start, end)
+    chosen = [m for m, _ in members[:top]]
+    rows = view.rows([metric.name], start, end, group_by)
+    per_member = fold(rows, metric, bounds)
+    series = [Series(m, per_member.get(m, [_value(metric, None)] * periods)) for m in chosen]
+    rest = [r for r in rows if r["member"] not in chosen]
+    if rest:
+        merged = fold([{**r, "member": "", "dimension": ""} for r in rest], metric, bounds)
+        series.append(Series("other", merged[None]))
+    return series
+
+
+def _total_values(
+    view: MerchantView,
+    definitions: Definitions,
+    metric: Metric,
+    bounds: Sequence[int],
+    start: int,
+    end: int,
+) -> list[Any]:
+    periods = len(bounds) - 1
+    names = definitions.dependencies(metric)
+    rows = view.rows(names, start, end)
+    if metric.stored:
+        return fold(rows, metric, bounds).get(None, [_value(metric, None)] * periods)
+    parts = {}
+    for name in names:
+        part = definitions.metrics[name]
+        parts[name] = fold(rows, part, bounds).get(None, [_value(part, None)] * periods)
+    return [
+        _round(definitions.evaluate(metric, {n: parts[n][i] for n in names}))
+        for i in range(periods)
+    ]
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
