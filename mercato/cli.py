@@ -155,6 +155,49 @@ def run_aggregator(ctx: click.Context, partitions: str | None) -> None:
     serve(config)
 
 
+@run.command("api")
+@click.pass_context
+@friendly
+def run_api(ctx: click.Context) -> None:
+    """The merchant query API ([api] host and port; docs at /docs)."""
+    from mercato.query.server import serve
+
+    serve(_config(ctx))
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tokens() -> None:
+    """Merchant tokens for the query API."""
+
+
+@tokens.command("issue")
+@click.option("--merchant", required=True, help="The merchant the token reads for.")
+@click.option("--ttl", type=int, help="Seconds until it expires (default: [api] setting).")
+@click.pass_context
+@friendly
+def tokens_issue(ctx: click.Context, merchant: str, ttl: int | None) -> None:
+    """Print a signed, expiring token for one merchant."""
+    from mercato.query.server import signer_for
+
+    config = _config(ctx)
+    token, expires = signer_for(config).issue(merchant, ttl or config.api.token_ttl_seconds)
+    click.echo(token)
+    errors.print(f"expires {_ms(expires * 1000)}", style="yellow")
+
+
+@tokens.command("admin")
+@click.pass_context
+@friendly
+def tokens_admin(ctx: click.Context) -> None:
+    """Print the admin token (for /v1/admin endpoints)."""
+    from mercato.query.server import admin_token_for
+
+    click.echo(admin_token_for(_config(ctx)))
+
+
 # -- keys ---------------------------------------------------------------------------------------
 
 

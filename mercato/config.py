@@ -80,6 +80,32 @@ class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_sleep_ms: Positive = 200
 
 
+class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[api]``: the merchant query API."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8322
+    secret: str = ""  # empty: <data_dir>/secret.key, created on first use
+    admin_token: str = ""  # empty: <data_dir>/admin.token, created on first use
+    token_ttl_seconds: Positive = 86_400
+    rate_limit_per_second: Positive = 20
+    rate_limit_burst: Positive = 40
+    default_range_days: Positive = 7
+    max_points: Positive = 5_000
+    top: Positive = 5
+    overview: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "gross_revenue",
+            "net_revenue",
+            "orders",
+            "average_order_value",
+            "unique_customers",
+            "conversion_rate",
+            "refunds",
+        ]
+    )
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration."""
 
@@ -87,6 +113,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
     aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
 
     @property
@@ -110,6 +137,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogConfig,
     "collector": CollectorConfig,
     "aggregator": AggregatorConfig,
+    "api": ApiConfig,
     "store": StoreConfig,
 }
 

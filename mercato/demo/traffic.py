@@ -68,7 +68,7 @@ class TrafficGenerator:
             amount = int(rnd.lognormvariate(8.0, 1.0))
             properties |= {
                 "order_id": f"o_{rnd.getrandbits(48):012x}",
-                "amount": amount if event_type == "order_completed" else -(amount // 2),
+                "amount": amount if event_type == "order_completed" else amount // 2,
                 "currency": rnd.choice(CURRENCIES),
                 "payment_method": rnd.choice(PAYMENT_METHODS),
                 "customer_id": f"c_{rnd.randrange(50_000)}",

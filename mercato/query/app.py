@@ -1,0 +1,368 @@
+"""The merchant query API (ASGI, Starlette). OpenAPI at ``/openapi.json``, docs at ``/docs``.
+
+Merchant endpoints take a merchant token (``Authorization: Bearer mt_…``) and read only that
+merchant's data: the merchant comes from the token, never from a parameter, and every read
+goes through a :class:`~mercato.query.series.MerchantView` bound to it. A metric that does
+not exist answers 404 the same way for everyone. Admin endpoints take the admin token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from mercato.config import ApiConfig
+from mercato.metrics.definitions import Definitions, Metric
+from mercato.query.openapi import DOCS_HTML, openapi
+from mercato.query.periods import GRANULARITIES, local_midnight, periods
+from mercato.query.series import MerchantView, Series, timeseries
+from mercato.query.tokens import TokenError, TokenSigner
+from mercato.store.base import Store, check_timezone
+from mercato.store.errors import StoreError
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(body), status, headers, media_type="application/json")
+
+
+class RateLimiter:
+    """A token bucket per merchant: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if tokens < 1:
+                wait = max(1, int((1 - tokens) / self.rate + 0.999))
+                self._buckets[key] = (tokens, now)
+                raise ApiError(429, "rate_limited", "too many requests", retry_after=wait)
+            self._buckets[key] = (tokens - 1, now)
+            if len(self._buckets) > 100_000:  # forget idle merchants
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+
+
+class QueryApi:
+    """Everything a request needs: store, definitions, token signer, limits."""
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        store: Store,
+        definitions: Definitions,
+        signer: TokenSigner,
+        admin_token: str,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.definitions = definitions
+        self.signer = signer
+        self._admin_token = admin_token
+        self._clock = clock
+        self.limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/metrics", self._guard(self.catalogue)),
+                Route("/v1/metrics/{name}", self._guard(self.metric)),
+                Route("/v1/overview", self._guard(self.overview)),
+                Route("/v1/admin/tokens", self._guard(self.issue_token), methods=["POST"]),
+                Route(
+                    "/v1/admin/merchants/{merchant_id}/timezone",
+                    self._guard(self.set_timezone),
+                    methods=["PUT"],
+                ),
+                Route("/livez", lambda _: _json({"status": "ok"})),
+                Route("/openapi.json", lambda _: _json(openapi())),
+                Route("/docs", lambda _: HTMLResponse(DOCS_HTML)),
+            ]
+        )
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _guard(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+                if exc.status == 401:
+                    headers = {"WWW-Authenticate": 'Bearer realm="mercato"'}
+                body = {"error": {"code": exc.code, "message": exc.message}}
+                return _json(body, exc.status, headers)
+
+        return endpoint
+
+    def _bearer(self, request: Request) -> str:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "send a token: Authorization: Bearer <token>")
+        return token.strip()
+
+    def _merchant(self, request: Request) -> MerchantView:
+        try:
+            merchant = self.signer.verify(self._bearer(request))
+        except TokenError as exc:
+            raise ApiError(401, "unauthorized", str(exc)) from None
+        self.limiter.check(merchant)
+        version = self.store.serving_version()
+        return MerchantView(self.store, version if version is not None else -1, merchant)
+
+    def _admin(self, request: Request) -> None:
+        if not hmac.compare_digest(self._bearer(request), self._admin_token):
+            raise ApiError(403, "forbidden", "this endpoint needs the admin token")
+
+    def _metric(self, name: str) -> Metric:
+        metric = self.definitions.metrics.get(name)
+        if metric is None:
+            raise ApiError(404, "not_found", f"no metric named {name!r}")
+        return metric
+
+    # -- merchant endpoints -------------------------------------------------------------------
+
+    async def catalogue(self, request: Request) -> Response:
+        self._merchant(request)
+        metrics = [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "unit": m.unit,
+                "description": m.description,
+                "dimensions": m.dimensions,
+                **({"quantiles": m.quantiles} if m.kind == "percentile" else {}),
+            }
+            for m in self.definitions.content.metrics
+        ]
+        return _json({"version": self.definitions.version, "metrics": metrics})
+
+    async def metric(self, request: Request) -> Response:
+        view = self._merchant(request)
+        metric = self._metric(request.path_params["name"])
+        query = request.query_params
+        zone = self._zone(view, query.get("tz"))
+        granularity = query.get("granularity", "day")
+        if granularity not in GRANULARITIES:
+            raise ApiError(400, "invalid_parameter", f"granularity: one of {GRANULARITIES}")
+        start, end = self._range(query.get("from"), query.get("to"), zone)
+        group_by = query.get("group_by") or None
+        if group_by is not None and group_by not in metric.dimensions:
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                f"group_by: {metric.name} has dimensions {metric.dimensions or 'none'}",
+            )
+        compare = query.get("compare") or None
+        if compare not in (None, "previous_period", "previous_year"):
+            raise ApiError(400, "invalid_parameter", "compare: previous_period or previous_year")
+        top = self._int(query.get("top"), "top", self.config.top)
+        body = await run_in_threadpool(
+            self._series_body, view, metric, start, end, granularity, zone, group_by, top
+        )
+        if compare is not None:
+            before_start, before_end = _shifted(start, end, compare, zone)
+            before = await run_in_threadpool(
+                self._series_body, view, metric, before_start, before_end, granularity,
+                zone, group_by, top,
+            )  # fmt: skip
+            body["compare"] = {
+                "kind": compare,
+                **{key: before[key] for key in ("from", "to", "periods", "series")},
+            }
+        return _json(body)
+
+    def _series_body(
+        self,
+        view: MerchantView,
+        metric: Metric,
+        start: datetime,
+        end: datetime,
+        granularity: str,
+        zone: ZoneInfo,
+        group_by: str | None,
+        top: int,
+    ) -> dict[str, Any]:
+        bounds = periods(start, end, granularity, zone)
+        if len(bounds) - 1 > self.config.max_points:
+            raise ApiError(
+                400,
+                "too_many_points",
+                f"{len(bounds) - 1} periods; at most {self.config.max_points}: "
+                "use a coarser granularity or a shorter range",
+            )
+        series = timeseries(view, self.definitions, metric, bounds, group_by, top)
+        return {
+            "metric": metric.name,
+            "kind": metric.kind,
+            "unit": metric.unit,
+            "granularity": granularity,
+            "tz": zone.key,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "complete_through": None,  # nothing is final before the batch layer seals hours
+            "periods": [datetime.fromtimestamp(b, zone).isoformat() for b in bounds[:-1]],
+            "series": [_series_json(s) for s in series],
+        }
+
+    async def overview(self, request: Request) -> Response:
+        view = self._merchant(request)
+        zone = self._zone(view, request.query_params.get("tz"))
+        start, end = self._range(
+            request.query_params.get("from"), request.query_params.get("to"), zone
+        )
+        body = await run_in_threadpool(self._overview_body, view, zone, start, end)
+        return _json(body)
+
+    def _overview_body(
+        self, view: MerchantView, zone: ZoneInfo, start: datetime, end: datetime
+    ) -> dict[str, Any]:
+        before_start, before_end = _shifted(start, end, "previous_period", zone)
+        now, then = _epochs(start, end), _epochs(before_start, before_end)
+        kpis = []
+        for name in self.config.overview:
+            metric = self.definitions.metrics.get(name)
+            if metric is None or metric.kind == "percentile":
+                continue
+            value = timeseries(view, self.definitions, metric, now)[0].values[0]
+            previous = timeseries(view, self.definitions, metric, then)[0].values[0]
+            change = (
+                round((value - previous) / previous, 4)
+                if isinstance(value, int | float) and isinstance(previous, int | float) and previous
+                else None
+            )
+            kpis.append(
+                {"metric": name, "unit": metric.unit, "value": value, "previous": previous,
+                 "change": change, "provisional": True}
+            )  # fmt: skip
+        return {
+            "tz": zone.key,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "complete_through": None,
+            "kpis": kpis,
+        }
+
+    # -- admin endpoints ----------------------------------------------------------------------
+
+    async def issue_token(self, request: Request) -> Response:
+        self._admin(request)
+        try:
+            body = msgspec.json.decode(await request.body(), type=dict[str, Any])
+        except msgspec.DecodeError:
+            raise ApiError(400, "invalid_body", "send JSON {merchant_id, ttl_seconds?}") from None
+        merchant = body.get("merchant_id")
+        ttl = body.get("ttl_seconds", self.config.token_ttl_seconds)
+        if not isinstance(merchant, str) or not merchant:
+            raise ApiError(400, "invalid_body", "merchant_id: a non-empty string")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+            raise ApiError(400, "invalid_body", "ttl_seconds: a positive integer")
+        token, expires = self.signer.issue(merchant, ttl)
+        return _json({"token": token, "merchant_id": merchant, "expires_at": expires})
+
+    async def set_timezone(self, request: Request) -> Response:
+        self._admin(request)
+        try:
+            body = msgspec.json.decode(await request.body(), type=dict[str, Any])
+            zone = check_timezone(str(body.get("timezone", "")))
+        except (msgspec.DecodeError, StoreError) as exc:
+            raise ApiError(400, "invalid_body", f"timezone: {exc}") from None
+        merchant = request.path_params["merchant_id"]
+        await run_in_threadpool(self.store.set_merchant_timezone, merchant, zone)
+        return _json({"merchant_id": merchant, "timezone": zone})
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def _zone(self, view: MerchantView, name: str | None) -> ZoneInfo:
+        if not name:
+            name = self.store.merchant_timezone(view.merchant_id) or "UTC"
+        try:
+            return ZoneInfo(check_timezone(name))
+        except (StoreError, ValueError):
+            raise ApiError(400, "invalid_parameter", f"tz: {name!r} is not an IANA zone") from None
+
+    def _range(
+        self, start: str | None, end: str | None, zone: ZoneInfo
+    ) -> tuple[datetime, datetime]:
+        until = _parse_time(end, zone, "to") if end else self._clock()
+        if start:
+            since = _parse_time(start, zone, "from")
+        else:
+            first_day = until.astimezone(zone) - timedelta(days=self.config.default_range_days)
+            since = local_midnight(first_day.date() + timedelta(days=1), zone)
+        if since >= until:
+            raise ApiError(400, "invalid_parameter", "from: must be before to")
+        return since, until
+
+    @staticmethod
+    def _int(value: str | None, name: str, default: int) -> int:
+        if value is None:
+            return default
+        if not value.isdigit() or not 0 < int(value) <= 100:
+            raise ApiError(400, "invalid_parameter", f"{name}: a number from 1 to 100")
+        return int(value)
+
+
+def _parse_time(text: str, zone: ZoneInfo, name: str) -> datetime:
+    try:
+        if len(text) == 10:
+            return local_midnight(date.fromisoformat(text), zone)
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(
+            400, "invalid_parameter", f"{name}: a date (2026-11-26) or a time with an offset"
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=zone)
+
+
+def _shifted(
+    start: datetime, end: datetime, kind: str, zone: ZoneInfo
+) -> tuple[datetime, datetime]:
+    if kind == "previous_period":
+        return start - (end - start), start
+    local_start, local_end = start.astimezone(zone), end.astimezone(zone)
+    try:
+        return (
+            local_start.replace(year=local_start.year - 1),
+            local_end.replace(year=local_end.year - 1),
+        )
+    except ValueError:  # 29 February
+        return local_start - timedelta(days=365), local_end - timedelta(days=365)
+
+
+def _epochs(start: datetime, end: datetime) -> list[int]:
+    """One period exactly ``[start, end)``, rounded to whole 15-minute buckets."""
+    first, last = int(start.timestamp()), int(end.timestamp())
+    return [first - first % 900, last - last % 900 if last % 900 == 0 else last + 900 - last % 900]
+
+
+def _series_json(series: Series) -> dict[str, Any]:
+    return {
+        "member": series.member,
+        "values": series.values,
+        "provisional": [True] * len(series.values),
+    }

@@ -1,0 +1,169 @@
+"""The query API's OpenAPI document, and a self-contained page that renders it (no CDN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mercato import __version__
+
+_TIME = "a date (local midnight in tz) or an RFC 3339 time"
+
+
+def _param(
+    name: str, description: str, schema: dict[str, Any], where: str = "query"
+) -> dict[str, Any]:
+    return {"name": name, "in": where, "description": description, "schema": schema,
+            "required": where == "path"}  # fmt: skip
+
+
+_RANGE = [
+    _param("from", f"Start of the range: {_TIME}. Default: 7 days ago.", {"type": "string"}),
+    _param("to", f"End of the range (exclusive): {_TIME}. Default: now.", {"type": "string"}),
+    _param("tz", "IANA time zone. Default: the merchant's, else UTC.", {"type": "string"}),
+]
+_ERRORS = {
+    "400": {"description": "A parameter is invalid; the message names it."},
+    "401": {"description": "Missing, invalid or expired token."},
+    "404": {"description": "No such metric."},
+    "429": {"description": "Rate limited; see Retry-After."},
+}
+_MERCHANT: list[dict[str, list[str]]] = [{"merchantToken": []}]
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the query API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Mercato query API",
+            "version": __version__,
+            "description": "Per-merchant time-series metrics. Every point is provisional "
+            "until the batch layer seals its hour; complete_through says up to when "
+            "answers are final.",
+        },
+        "components": {
+            "securitySchemes": {
+                "merchantToken": {"type": "http", "scheme": "bearer", "description": "mt_…"},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            }
+        },
+        "paths": {
+            "/v1/metrics": {
+                "get": {
+                    "summary": "The metric catalogue",
+                    "security": _MERCHANT,
+                    "responses": {"200": {"description": "Metrics with kind, unit, dimensions"}},
+                }
+            },
+            "/v1/metrics/{name}": {
+                "get": {
+                    "summary": "One metric as a time series",
+                    "security": _MERCHANT,
+                    "parameters": [
+                        _param("name", "Metric name", {"type": "string"}, "path"),
+                        *_RANGE,
+                        _param(
+                            "granularity",
+                            "Period length",
+                            {
+                                "type": "string",
+                                "enum": ["15m", "hour", "day", "week", "month"],
+                                "default": "day",
+                            },
+                        ),
+                        _param(
+                            "group_by",
+                            "A dimension of the metric: top members + other",
+                            {"type": "string"},
+                        ),
+                        _param(
+                            "top",
+                            "How many members with group_by",
+                            {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+                        ),
+                        _param(
+                            "compare",
+                            "Add the same periods shifted back",
+                            {"type": "string", "enum": ["previous_period", "previous_year"]},
+                        ),
+                    ],
+                    "responses": {
+                        "200": {"description": "periods, series (values, provisional)"},
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/v1/overview": {
+                "get": {
+                    "summary": "KPI values for a range with their change vs the previous period",
+                    "security": _MERCHANT,
+                    "parameters": _RANGE,
+                    "responses": {"200": {"description": "kpis"}, **_ERRORS},
+                }
+            },
+            "/v1/admin/tokens": {
+                "post": {
+                    "summary": "Issue a merchant token (for the platform's backend)",
+                    "security": [{"adminToken": []}],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["merchant_id"],
+                                    "properties": {
+                                        "merchant_id": {"type": "string"},
+                                        "ttl_seconds": {"type": "integer", "minimum": 1},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": {"description": "token, expires_at"}},
+                }
+            },
+            "/v1/admin/merchants/{merchant_id}/timezone": {
+                "put": {
+                    "summary": "Set a merchant's IANA time zone (its default for queries)",
+                    "security": [{"adminToken": []}],
+                    "parameters": [_param("merchant_id", "Merchant", {"type": "string"}, "path")],
+                    "responses": {"200": {"description": "the stored zone"}},
+                }
+            },
+        },
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Mercato query API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+code{background:#f3f3f3;padding:0 .25rem}h2{margin-top:2rem}.m{font-weight:700;color:#0b5}
+td{padding:.2rem .6rem;vertical-align:top;border-bottom:1px solid #eee}
+</style></head><body><h1>Mercato query API</h1>
+<p>Machine-readable: <a href="/openapi.json">/openapi.json</a>.
+Send <code>Authorization: Bearer &lt;token&gt;</code>.</p><div id="paths"></div>
+<script>
+fetch("/openapi.json").then(r => r.json()).then(spec => {
+  const root = document.getElementById("paths");
+  for (const [path, ops] of Object.entries(spec.paths)) {
+    for (const [method, op] of Object.entries(ops)) {
+      const h = document.createElement("h2");
+      h.innerHTML = `<span class="m">${method.toUpperCase()}</span> <code>${path}</code>`;
+      root.appendChild(h);
+      const p = document.createElement("p"); p.textContent = op.summary; root.appendChild(p);
+      if (op.parameters) {
+        const t = document.createElement("table");
+        for (const q of op.parameters) {
+          const row = t.insertRow();
+          row.insertCell().innerHTML = `<code>${q.name}</code>`;
+          row.insertCell().textContent = q.description;
+        }
+        root.appendChild(t);
+      }
+    }
+  }
+});
+</script></body></html>
+"""
