@@ -75,10 +75,25 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second.")
 @click.option("--merchants", type=int, default=2000, show_default=True)
+@click.option(
+    "--backfill",
+    default="0d",
+    show_default=True,
+    help="First load this much history, e.g. 30d (days).",
+)
+@click.option(
+    "--backfill-events", type=int, default=500_000, show_default=True, help="Events in it."
+)
 @click.pass_context
 @friendly
 def demo(
-    ctx: click.Context, data_dir: str | None, duration: float | None, rate: float, merchants: int
+    ctx: click.Context,
+    data_dir: str | None,
+    duration: float | None,
+    rate: float,
+    merchants: int,
+    backfill: str,
+    backfill_events: int,
 ) -> None:
     """Run the embedded pipeline with generated traffic and watch events arrive."""
     from mercato.demo.runner import default_demo_dir, run_demo
@@ -86,7 +101,17 @@ def demo(
     config = _config(ctx)
     if data_dir is not None or ctx.obj.get("config_path") is None:
         config = msgspec.structs.replace(config, data_dir=str(data_dir or default_demo_dir()))
-    stats = run_demo(config, duration=duration, rate=rate, merchants=merchants, console=console)
+    if not (backfill.endswith("d") and backfill[:-1].isdigit()):
+        raise MercatoError(f"--backfill takes days like 30d, not {backfill!r}")
+    stats = run_demo(
+        config,
+        duration=duration,
+        rate=rate,
+        merchants=merchants,
+        backfill_days=int(backfill[:-1]),
+        backfill_events=backfill_events,
+        console=console,
+    )
     console.print(
         f"generator: {stats.events_acknowledged:,} events acknowledged in {stats.requests:,} "
         f"requests ({stats.duplicates_sent:,} sent twice on purpose, {stats.retries} retries)"

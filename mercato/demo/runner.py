@@ -9,6 +9,7 @@ the same directory resumes where it stopped.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import signal
@@ -18,21 +19,24 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mercato.collector.keys import KeyStore
 from mercato.config import Config
-from mercato.demo.traffic import TrafficStats
+from mercato.demo.traffic import TrafficGenerator, TrafficStats
 from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
+from mercato.query.server import signer_for
 from mercato.store import open_store
 
 
@@ -49,6 +53,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
         try:
             sock.bind((host, port))
         except OSError:
@@ -57,22 +62,22 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def wait_until_ready(
-    host: str, port: int, process: subprocess.Popen[bytes], timeout: float
+    name: str, host: str, port: int, process: subprocess.Popen[bytes], path: str, timeout: float
 ) -> None:
-    """Poll ``/readyz`` until it answers 200; fail if the process exits first."""
+    """Poll ``path`` until it answers 200; fail if the process exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DemoError(f"the collector exited with status {process.returncode}")
+            raise DemoError(f"the {name} exited with status {process.returncode}")
         try:
             connection = http.client.HTTPConnection(host, port, timeout=1)
-            connection.request("GET", "/readyz")
+            connection.request("GET", path)
             if connection.getresponse().status == 200:
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    raise DemoError(f"the collector did not become ready within {timeout:.0f} s")
+    raise DemoError(f"the {name} did not become ready within {timeout:.0f} s")
 
 
 def run_demo(
@@ -81,13 +86,14 @@ def run_demo(
     duration: float | None,
     rate: float,
     merchants: int,
+    backfill_days: int,
+    backfill_events: int,
     console: Console,
 ) -> TrafficStats:
-    """Run collector + traffic until Ctrl-C or ``duration``; return what was acknowledged."""
+    """Run the pipeline with traffic until Ctrl-C or ``duration``; return what was acknowledged."""
     host = config.collector.host
-    port = config.collector.port
-    if not port_is_free(host, port):
-        port = free_port(host)
+    port = _port(host, config.collector.port)
+    api_port = _port(config.api.host, config.api.port, avoid=port)
     config.data_path.mkdir(parents=True, exist_ok=True)
     _, secret = KeyStore(config.keys_path).create("demo")
     env = {
@@ -95,25 +101,27 @@ def run_demo(
         "MERCATO_DATA_DIR": str(config.data_path.resolve()),
         "MERCATO_COLLECTOR_HOST": host,
         "MERCATO_COLLECTOR_PORT": str(port),
+        "MERCATO_API_PORT": str(api_port),
         "MERCATO_LOG_PARTITIONS": str(config.log.partitions),
     }
     url = f"http://{host}:{port}"
-    collector = _start_role("collector", config, env)
-    aggregator = _start_role("aggregator", config, env)
+    api_url = f"http://{config.api.host}:{api_port}"
+    generator = TrafficGenerator(merchants)
+    processes = {
+        role: _start_role(role, config, env) for role in ("collector", "aggregator", "api")
+    }
     traffic: subprocess.Popen[bytes] | None = None
     stats = TrafficStats()
     try:
-        wait_until_ready(host, port, collector, timeout=30)
-        console.print(f"[bold]collector[/] {url}  (data in {config.data_path.resolve()})")
-        console.print(f"[bold]write key[/] {secret}  (source 'demo')")
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        example = f'[{{"type":"page_viewed","merchant_id":"m_1","timestamp":"{now}"}}]'
-        console.print(
-            f"[bold]try[/]       curl -u {secret}: -H 'Content-Type: application/json' "
-            f"{url}/v1/events -d '{example}'",
-            soft_wrap=True,
-            highlight=False,
-        )
+        wait_until_ready("collector", host, port, processes["collector"], "/readyz", 30)
+        wait_until_ready("api", config.api.host, api_port, processes["api"], "/livez", 30)
+        with open_store(config) as store:
+            for merchant, zone in generator.zones.items():
+                store.set_merchant_timezone(merchant, zone)
+        if backfill_days:
+            _backfill(url, secret, generator, backfill_days, backfill_events, console)
+        token, _ = signer_for(config).issue(generator.merchants[0], 7 * 86_400)
+        _introduce(console, config, url, api_url, secret, token, generator.merchants[0])
         traffic = subprocess.Popen(
             [
                 sys.executable, "-m", "mercato", "traffic", "--url", url, "--key", secret,
@@ -124,7 +132,7 @@ def run_demo(
         )  # fmt: skip
 
         def died() -> str | None:
-            for name, process in (("collector", collector), ("aggregator", aggregator)):
+            for name, process in processes.items():
                 if process.poll() is not None:
                     return f"the {name} stopped; see {config.data_path / (name + '.log')}"
             return None
@@ -137,9 +145,72 @@ def run_demo(
     finally:
         if traffic is not None:
             stats = _stop_traffic(traffic)
-        _stop(collector)
-        _stop(aggregator)
+        for process in processes.values():
+            _stop(process)
     return stats
+
+
+def _port(host: str, wanted: int, avoid: int | None = None) -> int:
+    if wanted != avoid and port_is_free(host, wanted):
+        return wanted
+    return free_port(host)
+
+
+def _introduce(
+    console: Console,
+    config: Config,
+    url: str,
+    api_url: str,
+    secret: str,
+    token: str,
+    merchant: str,
+) -> None:
+    console.print(f"[bold]collector[/]  {url}   (data in {config.data_path.resolve()})")
+    console.print(f"[bold]write key[/]  {secret}")
+    console.print(f"[bold]query API[/]  {api_url}   docs: {api_url}/docs")
+    console.print(f"[bold]token[/]      {token}   (merchant {merchant}, 7 days)", soft_wrap=True)
+    console.print(
+        f"[bold]try[/]        curl -H 'Authorization: Bearer {token}' "
+        f"'{api_url}/v1/metrics/gross_revenue?granularity=day&group_by=channel'",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def _backfill(
+    url: str, secret: str, generator: TrafficGenerator, days: int, events: int, console: Console
+) -> None:
+    """Post ``events`` events spread over the past ``days`` days, with a progress bar."""
+    end = datetime.now(UTC)
+    start = end - timedelta(days=days)
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
+    batch = 1_000  # events of ~290 bytes: well under the 500 KB body limit
+    with Progress(
+        TextColumn(f"backfilling {days} days"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, disable=not console.is_terminal,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("backfill", total=events)
+        sent = 0
+        while sent < events:
+            size = min(batch, events - sent)
+            body = msgspec.json.encode(generator.history(size, start, end))
+            connection.request("POST", "/v1/events", body, headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status in (429, 503):
+                time.sleep(float(response.getheader("Retry-After") or 1))
+                continue
+            if response.status != 200:
+                raise DemoError(f"backfill refused: {response.status} {answer[:200]!r}")
+            sent += size
+            progress.update(task, advance=size)
+    connection.close()
+    console.print(f"backfilled {events:,} events over {days} days", highlight=False)
 
 
 def _start_role(role: str, config: Config, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -1,9 +1,13 @@
 """A traffic generator that looks like a commerce platform's event stream.
 
-Merchants have power-law sizes (a few large shops, a long tail of small ones). Each sends page
-views, orders, refunds and API request logs; money is in integer minor units. A small share of
-events arrive late (their timestamp minutes to hours old), and some batches are sent twice with
-the same event ids, as a retrying client would, so consumers' de-duplication has work to do.
+Merchants have power-law sizes (a few large shops, a long tail of small ones) and live in many
+time zones (Asia/Kolkata and Asia/Kathmandu among them, and zones with DST), and their
+traffic follows a daily cycle in local time: quiet at night, busiest in the evening. Each
+sends page views, orders, refunds and API request logs; money is in integer minor units. A
+small share of events arrive late (their timestamp minutes to hours old), and some batches
+are sent twice with the same event ids, as a retrying client would, so consumers'
+de-duplication has work to do. :meth:`TrafficGenerator.history` makes past days of traffic
+for a backfill.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import random
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -27,6 +33,13 @@ CHANNELS = ("web", "mobile", "pos", "marketplace")
 PAYMENT_METHODS = ("card", "wallet", "bank_transfer", "bnpl", "cash")
 API_PATHS = ("/v1/charges", "/v1/orders", "/v1/customers", "/v1/refunds", "/v1/products")
 TYPE_WEIGHTS = (("page_viewed", 60), ("api_request", 25), ("order_completed", 12), ("refund", 3))
+ZONES = (
+    "America/New_York", "America/Los_Angeles", "America/Sao_Paulo", "Europe/London",
+    "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Tokyo", "Australia/Sydney",
+    "UTC",
+)  # fmt: skip
+# relative traffic per local hour: quiet at night, a lunch bump, busiest in the evening
+HOURLY = (2, 1, 1, 1, 1, 2, 4, 6, 8, 9, 10, 11, 12, 11, 10, 10, 11, 12, 14, 16, 17, 15, 10, 5)
 
 
 class TrafficStats(msgspec.Struct):
@@ -50,17 +63,44 @@ class TrafficGenerator:
         self._weights = [w / total for w in weights]
         self._types = [t for t, _ in TYPE_WEIGHTS]
         self._type_weights = [w for _, w in TYPE_WEIGHTS]
+        self.zones = {m: ZONES[zlib.crc32(m.encode()) % len(ZONES)] for m in self.merchants}
+        self._tz = {name: ZoneInfo(name) for name in ZONES}
+
+    def _local_hour_weights(self, now: datetime) -> list[float]:
+        factor = {name: HOURLY[now.astimezone(zone).hour] for name, zone in self._tz.items()}
+        return [
+            w * factor[self.zones[m]] for m, w in zip(self.merchants, self._weights, strict=True)
+        ]
 
     def batch(self, size: int, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Events happening around ``now``, merchants weighted by their local time of day."""
         now = now or datetime.now(UTC)
-        merchants = self._random.choices(self.merchants, self._weights, k=size)
+        merchants = self._random.choices(self.merchants, self._local_hour_weights(now), k=size)
         types = self._random.choices(self._types, self._type_weights, k=size)
         return [self.event(m, t, now) for m, t in zip(merchants, types, strict=True)]
 
-    def event(self, merchant: str, event_type: str, now: datetime) -> dict[str, Any]:
+    def history(self, size: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Events spread over ``[start, end)`` with each merchant's daily cycle."""
+        rnd = self._random
+        merchants = rnd.choices(self.merchants, self._weights, k=size)
+        types = rnd.choices(self._types, self._type_weights, k=size)
+        days = max(1, (end - start).days)
+        events = []
+        for merchant, event_type in zip(merchants, types, strict=True):
+            zone = self._tz[self.zones[merchant]]
+            day = (start + timedelta(days=rnd.randrange(days))).astimezone(zone).date()
+            hour = rnd.choices(range(24), HOURLY)[0]
+            local = datetime(day.year, day.month, day.day, hour, rnd.randrange(60), tzinfo=zone)
+            at = min(max(local.astimezone(UTC), start), end - timedelta(seconds=1))
+            events.append(self.event(merchant, event_type, at, late=False))
+        return events
+
+    def event(
+        self, merchant: str, event_type: str, now: datetime, *, late: bool = True
+    ) -> dict[str, Any]:
         rnd = self._random
         delay = timedelta(seconds=rnd.expovariate(1 / 2.0))
-        if rnd.random() < 0.02:
+        if late and rnd.random() < 0.02:
             delay += timedelta(minutes=rnd.uniform(5, 180))
         timestamp = now - delay
         properties: dict[str, Any] = {"channel": rnd.choice(CHANNELS)}
