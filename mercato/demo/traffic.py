@@ -92,7 +92,10 @@ class TrafficGenerator:
             hour = rnd.choices(range(24), HOURLY)[0]
             local = datetime(day.year, day.month, day.day, hour, rnd.randrange(60), tzinfo=zone)
             at = min(max(local.astimezone(UTC), start), end - timedelta(seconds=1))
-            events.append(self.event(merchant, event_type, at, late=False))
+            event = self.event(merchant, event_type, at, late=False)
+            # sent now, not then: a sent_at of the past would read as a skewed client clock
+            del event["sent_at"]
+            events.append(event)
         return events
 
     def event(
