@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
-import uvicorn
-
+from mercato.asgi import serve_asgi
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.config import Config
@@ -26,32 +24,15 @@ def serve(config: Config, *, announce: bool = True) -> None:
     retention = threading.Thread(
         target=_enforce_retention, args=(log, stop), name="mercato-retention", daemon=True
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.collector.host,
-            port=config.collector.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=30,
-        )
-    )
     if announce:
         print(
             f"mercato collector on http://{config.collector.host}:{config.collector.port} "
             f"(log {config.log_path}, {log.partitions} partitions)",
             flush=True,
         )
-    # uvicorn handles SIGINT/SIGTERM while serving, then re-raises the signal into the handler
-    # that was installed before; make that one a no-op so the log is closed and we exit 0.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
     retention.start()
     try:
-        server.run()
+        serve_asgi(app, config.collector.host, config.collector.port, lifespan="on")
     finally:
         stop.set()
         app.close()

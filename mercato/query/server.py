@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-
-import uvicorn
-
+from mercato.asgi import serve_asgi
 from mercato.config import Config
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
@@ -27,25 +24,10 @@ def serve(config: Config, *, announce: bool = True) -> None:
     definitions = load_definitions(config.aggregator.definitions or None)
     with open_store(config) as store:
         api = QueryApi(config.api, store, definitions, signer_for(config), admin_token_for(config))
-        server = uvicorn.Server(
-            uvicorn.Config(
-                api.app,
-                host=config.api.host,
-                port=config.api.port,
-                loop="uvloop",
-                http="httptools",
-                lifespan="off",
-                access_log=False,
-                log_level="warning",
-                timeout_graceful_shutdown=30,
-            )
-        )
         if announce:
             print(
                 f"mercato api on http://{config.api.host}:{config.api.port} "
                 f"(docs at /docs, store {config.store_path})",
                 flush=True,
             )
-        for sig in (signal.SIGINT, signal.SIGTERM):  # see collector.server for why
-            signal.signal(sig, lambda *_: None)
-        server.run()
+        serve_asgi(api.app, config.api.host, config.api.port)
