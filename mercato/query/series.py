@@ -22,6 +22,9 @@ from mercato.query.periods import assign
 from mercato.store.base import Store
 
 Value = float | int | None
+Row = tuple[Any, ...]
+# positions of PARTIAL_SCHEMA's columns in a row
+_METRIC, _DIMENSION, _MEMBER, _BUCKET, _COUNT, _SUM, _MIN, _MAX, _SKETCH = range(1, 10)
 
 
 class MerchantView:
@@ -32,12 +35,11 @@ class MerchantView:
         self._version = version
         self.merchant_id = merchant_id
 
-    def rows(
-        self, metrics: Sequence[str], start: int, end: int, dimension: str = ""
-    ) -> list[dict[str, Any]]:
-        table = self._store.read(self._version, self.merchant_id, metrics, start, end, dimension)
-        rows: list[dict[str, Any]] = table.to_pylist()
-        return rows
+    def rows(self, metrics: Sequence[str], start: int, end: int, dimension: str = "") -> list[Row]:
+        """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants)."""
+        return self._store.read_rows(
+            self._version, self.merchant_id, metrics, start, end, dimension
+        )
 
     def members(self, metric: str, dimension: str, start: int, end: int) -> list[tuple[str, int]]:
         return self._store.members(self._version, self.merchant_id, metric, dimension, start, end)
@@ -60,16 +62,16 @@ class _Cell:
         self.max: int | None = None
         self.sketches: list[bytes] = []
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.count += row["count"]
-        if row["sum"] is not None:
-            self.sum = row["sum"] if self.sum is None else self.sum + row["sum"]
-        if row["min"] is not None:
-            self.min = row["min"] if self.min is None else min(self.min, row["min"])
-        if row["max"] is not None:
-            self.max = row["max"] if self.max is None else max(self.max, row["max"])
-        if row["sketch"] is not None:
-            self.sketches.append(row["sketch"])
+    def add(self, row: Row) -> None:
+        self.count += row[_COUNT]
+        if (total := row[_SUM]) is not None:
+            self.sum = total if self.sum is None else self.sum + total
+        if (low := row[_MIN]) is not None:
+            self.min = low if self.min is None else min(self.min, low)
+        if (high := row[_MAX]) is not None:
+            self.max = high if self.max is None else max(self.max, high)
+        if (sketch := row[_SKETCH]) is not None:
+            self.sketches.append(sketch)
 
 
 def _value(metric: Metric, cell: _Cell | None) -> Value | dict[str, Value]:
@@ -93,16 +95,14 @@ def _value(metric: Metric, cell: _Cell | None) -> Value | dict[str, Value]:
     return round(sketch_estimate(blob)) if blob is not None else 0
 
 
-def fold(
-    rows: Sequence[dict[str, Any]], metric: Metric, bounds: Sequence[int]
-) -> dict[str | None, list[Any]]:
+def fold(rows: Sequence[Row], metric: Metric, bounds: Sequence[int]) -> dict[str | None, list[Any]]:
     """Per member (``None`` for totals), the metric's value in each period."""
     periods = len(bounds) - 1
     cells: dict[str | None, list[_Cell | None]] = defaultdict(lambda: [None] * periods)
-    for row, index in zip(rows, assign([r["bucket"] for r in rows], bounds), strict=True):
-        if index < 0 or row["metric"] != metric.name:
+    for row, index in zip(rows, assign([r[_BUCKET] for r in rows], bounds), strict=True):
+        if index < 0 or row[_METRIC] != metric.name:
             continue
-        member = row["member"] if row["dimension"] else None
+        member = row[_MEMBER] if row[_DIMENSION] else None
         line = cells[member]
         cell = line[index]
         if cell is None:
@@ -129,9 +129,10 @@ def timeseries(
     rows = view.rows([metric.name], start, end, group_by)
     per_member = fold(rows, metric, bounds)
     series = [Series(m, per_member.get(m, [_value(metric, None)] * periods)) for m in chosen]
-    rest = [r for r in rows if r["member"] not in chosen]
+    rest = [r for r in rows if r[_MEMBER] not in chosen]
     if rest:
-        merged = fold([{**r, "member": "", "dimension": ""} for r in rest], metric, bounds)
+        totals = [(*r[:_DIMENSION], "", "", *r[_BUCKET:]) for r in rest]
+        merged = fold(totals, metric, bounds)
         series.append(Series("other", merged[None]))
     return series
 

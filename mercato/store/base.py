@@ -25,7 +25,7 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import msgspec
 import pyarrow as pa
@@ -102,6 +102,19 @@ class Store(Protocol):
     ) -> pa.Table:
         """The stored partials of one merchant: rows of ``metrics`` and ``dimension`` with
         ``start <= bucket < end`` (epoch seconds), in key order, as PARTIAL_SCHEMA."""
+        ...
+
+    def read_rows(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> list[tuple[Any, ...]]:
+        """What :meth:`read` returns, as tuples in PARTIAL_SCHEMA's column order (the query
+        API's fast path: no table to build and take apart again)."""
         ...
 
     def members(

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -112,6 +112,18 @@ class MemoryStore:
             pc.and_(pc.greater_equal(table["bucket"], start), pc.less(table["bucket"], end)),
         )
         return table.filter(mask)
+
+    def read_rows(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> list[tuple[Any, ...]]:
+        table = self.read(version, merchant_id, metrics, start, end, dimension)
+        return list(zip(*(table[name].to_pylist() for name in table.column_names), strict=True))
 
     def members(
         self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int

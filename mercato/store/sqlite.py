@@ -257,19 +257,30 @@ class SqliteStore:
         end: int,
         dimension: str = "",
     ) -> pa.Table:
+        return _table(self.read_rows(version, merchant_id, metrics, start, end, dimension))
+
+    def read_rows(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> list[tuple[Any, ...]]:
         names = metric_names(metrics)
         if not names:
-            return empty_partials()
+            return []
         marks = ", ".join("?" * len(names))
         with self._connection() as db:
-            rows = db.execute(
+            rows: list[tuple[Any, ...]] = db.execute(
                 f"SELECT {COLUMNS} FROM speed_rollups"
                 f" WHERE version = ? AND merchant_id = ? AND metric IN ({marks})"
                 "   AND dimension = ? AND bucket >= ? AND bucket < ?"
                 " ORDER BY metric, dimension, member, bucket",
                 (version, merchant_id, *names, dimension, start, end),
             ).fetchall()
-        return _table(rows)
+        return rows
 
     def members(
         self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
