@@ -91,7 +91,9 @@ class Aggregator:
             offset = entries[-1].offset + 1
 
     def poll(self) -> int:
-        """Process one micro-batch from every owned partition; return the events counted."""
+        """Process one micro-batch from every owned partition; return how many log records it
+        consumed (0: nothing new). Events counted, duplicates and invalid records are in
+        :attr:`stats`; a batch of nothing but duplicates still moves the offsets on."""
         entries: list[LogEntry] = []
         ends: dict[int, int] = {}
         for p in self.partitions:
@@ -112,7 +114,7 @@ class Aggregator:
         self.stats.partial_rows += partials.num_rows
         self.stats.dedup_ids = sum(len(w) for w in self.windows.values())
         self.stats.dedup_bytes = sum(w.size_bytes() for w in self.windows.values())
-        return len(kept)
+        return len(entries)
 
     def _decode(self, entries: list[LogEntry]) -> tuple[list[Any], list[int], int]:
         """The events of ``entries``, the partition of each, and how many were invalid."""

@@ -153,3 +153,14 @@ def test_aggregators_own_disjoint_partitions():
 def test_unknown_partition_is_refused():
     with pytest.raises(AggregatorError, match="partition 9"):
         Aggregator(MemoryLog(2), MemoryStore(), DEFINITIONS, partitions=[9])
+
+
+def test_a_batch_of_only_duplicates_still_moves_on():
+    log, store = MemoryLog(1), MemoryStore()
+    log.append([order("a"), order("b")])
+    aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=2)
+    drain(aggregator)
+    log.append([order("a"), order("b"), order("c")])  # a retried batch, then something new
+    drain(aggregator)
+    assert totals(store, aggregator.version, "m_1")["orders"] == (3, None)
+    assert aggregator.lag() == {0: 0}
