@@ -33,6 +33,8 @@ from pathlib import Path
 import msgspec
 from benchstats import summary
 
+from mercato.demo.runner import free_port
+
 HERE = Path(__file__).resolve().parent
 BATCH = 500
 
@@ -146,12 +148,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(command: list[str], env: dict[str, str], pin: bool) -> subprocess.Popen[bytes]:

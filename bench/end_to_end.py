@@ -30,6 +30,7 @@ import msgspec
 from benchstats import summary
 
 from mercato.collector.keys import KeyStore
+from mercato.demo.runner import free_port, wait_until_ready
 from mercato.demo.traffic import TrafficGenerator
 from mercato.query.tokens import TokenSigner
 
@@ -37,35 +38,11 @@ BATCH = 500
 SECRET = "e2e-bench"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def wait_http(port: int, path: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-            if response.status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not answer {path}")
 
 
 def templates(count: int) -> list[bytes]:
@@ -101,8 +78,8 @@ def main() -> None:
             )
             for role in ("collector", "aggregator", "api")
         }  # fmt: skip
-        wait_http(port, "/readyz")
-        wait_http(api_port, "/livez")
+        wait_until_ready("collector", "127.0.0.1", port, processes["collector"], "/readyz", 30)
+        wait_until_ready("api", "127.0.0.1", api_port, processes["api"], "/livez", 30)
         bodies = templates(40)
         stop = threading.Event()
         sent = [0] * args.threads

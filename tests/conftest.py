@@ -6,7 +6,6 @@ import base64
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ import msgspec
 import pytest
 
 from mercato.collector.keys import KeyStore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from mercato.demo.runner import free_port
 
 
 class CollectorProcess:

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
+from mercato.demo.runner import free_port
 from mercato.demo.traffic import TrafficGenerator
 from mercato.query.tokens import TokenSigner
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 

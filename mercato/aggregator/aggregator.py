@@ -12,7 +12,6 @@ refilled from the log on start so a restart does not forget it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -159,9 +158,3 @@ class Aggregator:
     def lag(self) -> dict[int, int]:
         """Records per owned partition not yet counted."""
         return {p: self.log.end_offset(p) - self.positions[p] for p in self.partitions}
-
-    def run(self, stop: threading.Event, idle_sleep: float = 0.2) -> None:
-        """Poll until ``stop`` is set; sleep ``idle_sleep`` when there is nothing to do."""
-        while not stop.is_set():
-            if self.poll() == 0 and not any(self.lag().values()):
-                stop.wait(idle_sleep)

@@ -14,13 +14,13 @@ import msgspec
 import pytest
 
 from mercato.config import StoreConfig
+from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import rollup
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
