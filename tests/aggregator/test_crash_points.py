@@ -40,6 +40,7 @@ CRASHER = textwrap.dedent(
     from mercato.store.sqlite import SqliteStore
 
     data, point, at_poll = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    batch = int(sys.argv[4]) if len(sys.argv) > 4 else 100
     polls = 0
     connect = sqlite3.connect
 
@@ -75,7 +76,7 @@ CRASHER = textwrap.dedent(
 
     log = FileLog(data / "log", LogConfig(fsync=False))
     store = CrashingStore(data / "store.sqlite3", StoreConfig())
-    aggregator = Aggregator(log, store, load_definitions(), max_batch_records=100)
+    aggregator = Aggregator(log, store, load_definitions(), max_batch_records=batch)
     while True:
         polls += 1
         if not aggregator.poll():
