@@ -5,7 +5,9 @@ Setup (not timed): a file log filled with generated commerce traffic (the demo's
 spread over ``--merchants`` merchants. Each run: a fresh SQLite store, one Aggregator owning
 every partition, polled until the log is drained; events/s = events counted / wall time.
 In the same run, for reference: the kernel alone (decode + columnar batch + rollup, no store)
-over the same records. Prints one JSON document with min/median/max over ``--runs``.
+over the same records, and the store alone (the same batches' partials written to a fresh
+store, no kernel): the aggregator's time is roughly the sum of the two, so events/s is bounded
+by whichever is slower. Prints one JSON document with min/median/max over ``--runs``.
 
     python bench/aggregator_throughput.py [--events 500000] [--merchants 100000] [--runs 5]
 """
@@ -54,12 +56,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50_000, help="max records per partition")
     args = parser.parse_args()
     definitions = load_definitions()
-    results: dict[str, list[float]] = {"aggregator": [], "kernel_only": []}
+    results: dict[str, list[float]] = {"aggregator": [], "kernel_only": [], "store_only": []}
     rows: list[int] = []
     with tempfile.TemporaryDirectory(prefix="mercato-bench-") as tmp:
         log = FileLog(Path(tmp) / "log", LogConfig(fsync=False))
         fill(log, args.events, args.merchants)
         values = [e.value for p in range(log.partitions) for e in LogReader(log, p, 0)]
+        batch_size = args.batch * log.partitions  # what one poll reads when the log is full
         for run in range(args.runs):
             store = SqliteStore(Path(tmp) / f"store-{run}.sqlite3", StoreConfig())
             started = time.perf_counter()
@@ -73,9 +76,19 @@ def main() -> None:
 
             builder = BatchBuilder(definitions)
             started = time.perf_counter()
-            for i in range(0, len(values), args.batch):
-                rollup(builder.batch(values[i : i + args.batch]), definitions)
+            partials = [
+                rollup(builder.batch(values[i : i + batch_size]), definitions)
+                for i in range(0, len(values), batch_size)
+            ]
             results["kernel_only"].append(len(values) / (time.perf_counter() - started))
+
+            store = SqliteStore(Path(tmp) / f"store-only-{run}.sqlite3", StoreConfig())
+            version = store.register_version(definitions.version, "{}")
+            started = time.perf_counter()
+            for i, batch in enumerate(partials):
+                store.write(version, "bench", batch, {0: i + 1})
+            results["store_only"].append(len(values) / (time.perf_counter() - started))
+            store.close()
         log.close()
     aggregator_summary = summary(results["aggregator"])
     report = {
@@ -86,6 +99,7 @@ def main() -> None:
         "runs": args.runs,
         "aggregator": aggregator_summary,
         "kernel_only": summary(results["kernel_only"]),
+        "store_only": summary(results["store_only"]),
         "ratio_to_kernel_only": round(
             statistics.median(results["aggregator"]) / statistics.median(results["kernel_only"]),
             3,

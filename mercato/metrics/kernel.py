@@ -61,10 +61,16 @@ def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) ->
     mask = pc.is_in(batch["type"], value_set=pa.array(metric.events, pa.string()))
     for condition in metric.where:
         mask = pc.and_kleene(mask, _condition(batch, condition))
-    rows = batch.filter(pc.fill_null(mask, False))
+    kind = {"count_distinct": "str", "percentile": "num"}.get(metric.kind, "int")
+    needed = {"merchant_id", column(metric.time, "time")}
+    needed.update(column(definitions.dimensions[name].field, "str") for name in metric.dimensions)
+    if metric.value is not None:
+        needed.add(column(metric.value, kind))
+    # filter only the columns this metric reads: copying every column of the batch for every
+    # metric was most of the kernel's time
+    rows = batch.select(sorted(needed)).filter(pc.fill_null(mask, False))
     time = rows[column(metric.time, "time")]
     if metric.value is not None:
-        kind = {"count_distinct": "str", "percentile": "num"}.get(metric.kind, "int")
         value = rows[column(metric.value, kind)]
         keep = pc.and_(pc.is_valid(time), pc.is_valid(value))
     else:
