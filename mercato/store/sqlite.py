@@ -122,6 +122,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX job_runs_by_job ON job_runs (job, started_at)",
     ),
+    (  # 2: the batch layer and the scheduler
+        """
+        CREATE TABLE leases (
+            name       TEXT    NOT NULL PRIMARY KEY,  -- e.g. "scheduler"
+            holder     TEXT    NOT NULL,
+            expires_at INTEGER NOT NULL  -- epoch milliseconds
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE sealed_hours (
+            version     INTEGER NOT NULL,
+            hour        INTEGER NOT NULL,  -- epoch seconds at which the UTC hour starts
+            fingerprint TEXT    NOT NULL,  -- of the archive files the seal read
+            events      INTEGER NOT NULL,  -- distinct events counted
+            sealed_at   INTEGER NOT NULL,  -- epoch milliseconds
+            PRIMARY KEY (version, hour)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE watermarks (
+            name    TEXT    NOT NULL,  -- e.g. "sealed_through"
+            version INTEGER NOT NULL,
+            value   INTEGER NOT NULL,
+            PRIMARY KEY (name, version)
+        ) WITHOUT ROWID
+        """,
+        _rollup_table("daily_rollups").replace("bucket ", "day ").replace("bucket)", "day)"),
+        "ALTER TABLE job_runs ADD COLUMN output TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
