@@ -16,6 +16,7 @@ own subclasses in its ``errors.py``::
     ├── KeyStoreError               (mercato.collector.errors)
     ├── DefinitionError             (mercato.metrics.errors)
     ├── AggregatorError             (mercato.aggregator.errors)
+    ├── ArchiveError                (mercato.archive.errors; its subclasses are drawn there)
     └── StoreError                  (mercato.store.errors; its subclasses are drawn there)
 
 The CLI turns a ``MercatoError`` into a one-line message and a non-zero exit status, never a

@@ -1,0 +1,31 @@
+"""Errors of the archive role (archiver, compaction, readers).
+
+::
+
+    MercatoError
+    └── ArchiveError                the archive cannot be used as asked
+        ├── ArchiveLayoutError      a name, date or hour that is not the archive's, an
+        │                           unsupported root, a state file that does not parse, or
+        │                           committed files that overlap without one containing the other
+        ├── PartitionBusyError      another archiver process owns one of the partitions
+        └── CompactionError         a merged file did not hold exactly its inputs' rows; the
+                                    merged file was deleted and the inputs kept
+"""
+
+from mercato.errors import MercatoError
+
+
+class ArchiveError(MercatoError):
+    """Base class of the archive's errors."""
+
+
+class ArchiveLayoutError(ArchiveError):
+    """Something in or about the archive does not follow its layout."""
+
+
+class PartitionBusyError(ArchiveError):
+    """Another archiver holds the partition's lock."""
+
+
+class CompactionError(ArchiveError):
+    """A compaction's output did not match its inputs; nothing was deleted."""

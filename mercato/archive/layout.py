@@ -1,0 +1,243 @@
+"""Where things are in an archive, and which files a reader may use.
+
+::
+
+    <root>/events/date=YYYY-MM-DD/hour=HH/p{partition:04d}-{first:016d}-{last:016d}.parquet
+    <root>/_state/archiver.json            committed offsets and watermarks, replaced atomically
+    <root>/_state/archiver.lock            serialises updates of archiver.json
+    <root>/_state/archiver-p{partition:04d}.lock    held by the archiver owning that partition
+
+Date and hour are the event time's, in UTC (Hive-style ``key=value`` directories, so DuckDB,
+Spark and Trino read them as the ``date`` and ``hour`` columns). A file covers the records of
+one log partition with offsets in ``[first, last]`` (inclusive) whose event time is in that
+hour; the range is the archiver's batch, so every hour the batch touched gets a file of the
+same name, and rewriting a range gives the same names again.
+
+**The committed rule.** The state holds, per partition, the next offset to archive. A reader
+may use a file only if ``last < next offset`` of its partition: files past it are leftovers of
+a batch that crashed before its state was written, and the replay deletes or rewrites them.
+Among the committed files of one partition and hour, a file whose range lies inside another
+file's range is left out: it is an input of a compaction that was killed after writing its
+merged file and before deleting all inputs. Two committed ranges that overlap without one
+containing the other cannot come from the archiver or from compaction, and are refused with
+:class:`~mercato.archive.errors.ArchiveLayoutError`. :func:`committed_files` applies the rule;
+a plain ``**/*.parquet`` glob is only right for an archive with no archiver or compaction
+interrupted since its last run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from mercato.archive.errors import ArchiveLayoutError
+from mercato.archive.storage import ArchiveStorage
+
+EVENTS_DIR = "events"
+STATE_PATH = "_state/archiver.json"
+STATE_LOCK = "_state/archiver.lock"
+HOUR = timedelta(hours=1)
+
+_FILE_NAME = re.compile(r"p(\d{4})-(\d{16})-(\d{16})\.parquet")
+_DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+_HOUR_DIR = re.compile(r"hour=(\d{2})")
+
+Root = str | os.PathLike[str] | ArchiveStorage
+
+
+class ArchiveFile(msgspec.Struct, frozen=True, order=True):
+    """One Parquet file of the archive: the hour it holds and its partition's offset range."""
+
+    hour: datetime
+    partition: int
+    first: int
+    last: int
+    size: int = 0
+
+    @property
+    def name(self) -> str:
+        return file_name(self.partition, self.first, self.last)
+
+    @property
+    def path(self) -> str:
+        """The path relative to the archive root."""
+        return f"{hour_dir(self.hour)}/{self.name}"
+
+    def contains(self, other: ArchiveFile) -> bool:
+        return self.first <= other.first and other.last <= self.last
+
+
+class PartitionState(msgspec.Struct, frozen=True):
+    """The archiver's committed progress on one partition.
+
+    ``next_offset``: every record before it is in committed files. ``watermark``: the later of
+    the newest ``received_at`` archived and the last time the archiver found the partition
+    fully archived (None until either happened).
+    """
+
+    next_offset: int
+    watermark: datetime | None = None
+
+
+class ArchiveState(msgspec.Struct, frozen=True):
+    """The content of ``_state/archiver.json``."""
+
+    partitions: dict[int, PartitionState] = msgspec.field(default_factory=dict)
+
+    def next_offsets(self) -> dict[int, int]:
+        return {p: s.next_offset for p, s in self.partitions.items()}
+
+    def watermark(self, partitions: Iterable[int] | None = None) -> datetime | None:
+        """The lowest watermark of ``partitions`` (default: all in the state); None if one
+        of them has none yet."""
+        chosen = list(self.partitions) if partitions is None else list(partitions)
+        marks = [self.partitions[p].watermark if p in self.partitions else None for p in chosen]
+        if not marks or any(m is None for m in marks):
+            return None
+        return min(m for m in marks if m is not None)
+
+
+def open_storage(root: Root) -> ArchiveStorage:
+    """The storage of ``root``: a path or URI, or a storage already."""
+    return root if isinstance(root, ArchiveStorage) else ArchiveStorage(root)
+
+
+def partition_lock(partition: int) -> str:
+    """The lock the archiver owning ``partition`` holds while it runs."""
+    return f"_state/archiver-p{partition:04d}.lock"
+
+
+def file_name(partition: int, first: int, last: int) -> str:
+    """``p0003-0000000000001000-0000000000001999.parquet``."""
+    return f"p{partition:04d}-{first:016d}-{last:016d}.parquet"
+
+
+def parse_file_name(name: str) -> tuple[int, int, int] | None:
+    """``(partition, first, last)`` of an archive file's name; None for any other name."""
+    match = _FILE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    partition, first, last = (int(g) for g in match.groups())
+    return (partition, first, last) if first <= last else None
+
+
+def hour_start(moment: datetime) -> datetime:
+    """The UTC hour ``moment`` is in."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_dir(hour: datetime) -> str:
+    """``events/date=2026-11-26/hour=08`` for the UTC hour ``hour`` starts."""
+    hour = hour_start(hour)
+    return f"{EVENTS_DIR}/date={hour:%Y-%m-%d}/hour={hour:%H}"
+
+
+def parse_hour(date: str, hour: int | str) -> datetime:
+    """The UTC hour of a ``YYYY-MM-DD`` date and an hour 0..23, as users type them."""
+    try:
+        day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise ArchiveLayoutError(f"a date is YYYY-MM-DD, not {date!r}") from None
+    text = str(hour)
+    if not text.isdigit() or not 0 <= int(text) <= 23:
+        raise ArchiveLayoutError(f"an hour is 0..23, not {hour!r}")
+    return day + timedelta(hours=int(text))
+
+
+def list_hours(root: Root) -> list[datetime]:
+    """Every hour that has a directory in the archive, oldest first."""
+    storage = open_storage(root)
+    hours = []
+    for day in storage.list_dir(EVENTS_DIR):
+        date = _DATE_DIR.fullmatch(day.name)
+        if date is None:
+            continue
+        for entry in storage.list_dir(f"{EVENTS_DIR}/{day.name}"):
+            hour = _HOUR_DIR.fullmatch(entry.name)
+            if hour is not None and int(hour.group(1)) <= 23:
+                hours.append(parse_hour(date.group(1), hour.group(1)))
+    return sorted(hours)
+
+
+def list_files(root: Root, hour: datetime) -> list[ArchiveFile]:
+    """Every archive file in ``hour``'s directory, committed or not, by partition and range."""
+    storage = open_storage(root)
+    hour = hour_start(hour)
+    files = []
+    for entry in storage.list_dir(hour_dir(hour)):
+        parsed = parse_file_name(entry.name)
+        if parsed is not None:
+            files.append(ArchiveFile(hour, *parsed, size=entry.size))
+    return sorted(files)
+
+
+_state_decoder = msgspec.json.Decoder(ArchiveState)
+_state_encoder = msgspec.json.Encoder()
+
+
+def read_state(root: Root) -> ArchiveState:
+    """The committed state; empty if the archiver has not committed anything yet."""
+    storage = open_storage(root)
+    data = storage.read_bytes(STATE_PATH)
+    if data is None:
+        return ArchiveState()
+    try:
+        return _state_decoder.decode(data)
+    except msgspec.MsgspecError as exc:
+        message = f"{storage.path(STATE_PATH)} is not an archive state: {exc}"
+        raise ArchiveLayoutError(message) from None
+
+
+def update_state(
+    root: Root, changes: Mapping[int, PartitionState], *, tag: str = "state"
+) -> ArchiveState:
+    """Replace the state of the ``changes`` partitions, keeping the others' (archivers owning
+    other partitions write the same file), and return the new state."""
+    storage = open_storage(root)
+    with storage.locked(STATE_LOCK):
+        current = read_state(storage)
+        state = ArchiveState(dict(sorted({**current.partitions, **changes}.items())))
+        encoded = _state_encoder.encode(state)
+        storage.write_atomic(STATE_PATH, lambda out: out.write(encoded), tag=tag)
+    return state
+
+
+def select_committed(
+    files: Iterable[ArchiveFile], next_offsets: Mapping[int, int]
+) -> list[ArchiveFile]:
+    """The files a reader may use, by the committed rule (see the module docstring)."""
+    by_key: dict[tuple[datetime, int], list[ArchiveFile]] = {}
+    for f in files:
+        if f.last < next_offsets.get(f.partition, 0):
+            by_key.setdefault((f.hour, f.partition), []).append(f)
+    chosen = []
+    for group in by_key.values():
+        group.sort(key=lambda f: (f.first, -f.last))
+        kept: list[ArchiveFile] = []
+        for f in group:
+            if kept and f.first <= kept[-1].last:
+                if kept[-1].contains(f):
+                    continue
+                raise ArchiveLayoutError(
+                    f"{hour_dir(f.hour)}: {kept[-1].name} and {f.name} overlap and neither "
+                    "contains the other"
+                )
+            kept.append(f)
+        chosen += kept
+    return sorted(chosen)
+
+
+def committed_files(root: Root, hours: Iterable[datetime] | None = None) -> list[ArchiveFile]:
+    """The files a reader may use, of ``hours`` (default: every hour), by the committed rule.
+
+    Each committed log record with an event time in those hours is in exactly one of them.
+    """
+    storage = open_storage(root)
+    next_offsets = read_state(storage).next_offsets()
+    chosen = list_hours(storage) if hours is None else [hour_start(h) for h in hours]
+    files = [f for hour in chosen for f in list_files(storage, hour)]
+    return select_committed(files, next_offsets)
