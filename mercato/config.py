@@ -80,6 +80,17 @@ class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     idle_sleep_ms: Positive = 200
 
 
+class ArchiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[archive]``: the raw-event archive (Parquet, partitioned by event hour)."""
+
+    path: str = ""  # empty: <data_dir>/archive
+    partitions: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    max_batch_records: Positive = 200_000
+    flush_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10
+    idle_sleep_ms: Positive = 500
+    compression_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
+
+
 class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[api]``: the merchant query API."""
 
@@ -113,6 +124,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
     aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
+    archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
 
@@ -129,6 +141,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.data_path / "keys.json"
 
     @property
+    def archive_path(self) -> Path:
+        return Path(self.archive.path) if self.archive.path else self.data_path / "archive"
+
+    @property
     def store_path(self) -> Path:
         return Path(self.store.path) if self.store.path else self.data_path / "store.sqlite3"
 
@@ -137,6 +153,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "log": LogConfig,
     "collector": CollectorConfig,
     "aggregator": AggregatorConfig,
+    "archive": ArchiveConfig,
     "api": ApiConfig,
     "store": StoreConfig,
 }
