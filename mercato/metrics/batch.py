@@ -108,6 +108,10 @@ class BatchBuilder:
         object_form = msgspec.defstruct("EventObject", fields, kw_only=True, gc=False)
         self._array = msgspec.json.Decoder(list[array_form])  # type: ignore[valid-type]
         self._object = msgspec.json.Decoder(object_form)
+        self._roots = {
+            root: msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
+            for root, struct in structs.items()
+        }
 
     def decode(self, values: Sequence[bytes]) -> list[Any]:
         """Decode record values (array or object form); raises msgspec errors on bad ones."""
@@ -122,7 +126,7 @@ class BatchBuilder:
 
     def build(self, events: Sequence[Any]) -> pa.Table:
         """The columnar batch of decoded events."""
-        arrays: dict[str, pa.Array] = {
+        base: dict[str, pa.Array] = {
             "event_id": pa.array([e.event_id for e in events], pa.string()),
             "merchant_id": pa.array([e.merchant_id for e in events], pa.string()),
             "type": pa.array([e.type for e in events], pa.string()),
@@ -134,6 +138,22 @@ class BatchBuilder:
             "properties": [e.properties for e in events],
             "context": [e.context for e in events],
         }
+        return self._assemble(base, roots)
+
+    def from_archive(self, rows: pa.Table) -> pa.Table:
+        """The columnar batch of archived rows (:data:`mercato.archive.schema.SCHEMA`: the
+        base columns as they are, ``properties`` and ``context`` as JSON text)."""
+        base = {name: rows[name].combine_chunks() for name in BASE_COLUMNS}
+        roots = {
+            root: self._roots[root].decode(
+                b"[" + b",".join(text.encode() for text in rows[root].to_pylist()) + b"]"
+            )
+            for root in ("properties", "context")
+        }
+        return self._assemble(base, roots)
+
+    def _assemble(self, base: dict[str, pa.Array], roots: dict[str, list[Any]]) -> pa.Table:
+        arrays = dict(base)
         for path, kinds in sorted(self.needed.items()):
             root, attribute, rest = self._paths[path]
             raw = list(map(attrgetter(attribute), roots[root]))

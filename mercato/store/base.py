@@ -9,6 +9,9 @@ The store holds what the query API serves and what the aggregator needs to resum
 * **consumer offsets**: the next log offset of each (consumer, partition). They are written in
   the *same transaction* as the rollups they account for, so after a crash a consumer resumes
   from offsets that match the stored data: nothing lost, nothing counted twice.
+* **final rows and seals**: the batch layer's exact partials, replaced an hour at a time with
+  a record of what was sealed, and named watermarks (``sealed_through``). Reads take final
+  rows before ``sealed_through`` and speed rows after it, in one snapshot.
 * **definitions versions** (content hash → id) and the *serving* pointer, which the query API
   reads and a promote swaps in one step.
 * **merchants**: each merchant's IANA time zone (local days are derived in it).
@@ -45,6 +48,15 @@ class DefinitionVersion(msgspec.Struct, frozen=True):
     text: str
     created_at: datetime
     state: str = REGISTERED
+
+
+class SealedHour(msgspec.Struct, frozen=True):
+    """An hour the batch layer sealed: which archive content it read and what it counted."""
+
+    hour: int  # epoch seconds at which the UTC hour starts
+    fingerprint: str
+    events: int
+    sealed_at_ms: int
 
 
 @runtime_checkable
@@ -87,6 +99,30 @@ class Store(Protocol):
         """
         ...
 
+    def write_sealed_hour(
+        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
+    ) -> None:
+        """Replace the final rows of ``version`` in the UTC hour starting at ``hour`` (epoch
+        seconds) with ``partials`` and record the seal, in one transaction.
+
+        Raises :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the
+        hour, and what :meth:`write` raises otherwise.
+        """
+        ...
+
+    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
+        """The hours of ``version`` sealed so far, by hour start."""
+        ...
+
+    def set_watermark(self, name: str, version: int, value: int) -> None:
+        """Record a named watermark of ``version`` (``sealed_through``: epoch seconds before
+        which every bucket is final)."""
+        ...
+
+    def watermark(self, name: str, version: int) -> int | None:
+        """A named watermark of ``version``, or None if never set."""
+        ...
+
     def offsets(self, consumer: str) -> dict[int, int]:
         """``consumer``'s next offset per partition; empty for a consumer never written."""
         ...
@@ -99,9 +135,12 @@ class Store(Protocol):
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> pa.Table:
         """The stored partials of one merchant: rows of ``metrics`` and ``dimension`` with
-        ``start <= bucket < end`` (epoch seconds), in key order, as PARTIAL_SCHEMA."""
+        ``start <= bucket < end`` (epoch seconds), in key order, as PARTIAL_SCHEMA: final
+        (batch-layer) rows for buckets before ``sealed_through``, speed rows from there on
+        (``None``: speed rows only)."""
         ...
 
     def read_rows(
@@ -112,16 +151,24 @@ class Store(Protocol):
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> list[tuple[Any, ...]]:
         """What :meth:`read` returns, as tuples in PARTIAL_SCHEMA's column order (the query
         API's fast path: no table to build and take apart again)."""
         ...
 
     def members(
-        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+        self,
+        version: int,
+        merchant_id: str,
+        metric: str,
+        dimension: str,
+        start: int,
+        end: int,
+        sealed_through: int | None = None,
     ) -> list[tuple[str, int]]:
         """The members of ``dimension`` seen for one merchant's ``metric`` in the range, with
-        their total count, largest first (ties by member)."""
+        their total count, largest first (ties by member); layers as in :meth:`read`."""
         ...
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:

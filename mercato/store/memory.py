@@ -19,11 +19,17 @@ import pyarrow.compute as pc
 from mercato.metrics.kernel import empty_partials, merge, sort_partials
 from mercato.store.base import (
     DefinitionVersion,
+    SealedHour,
     check_timezone,
     conform_partials,
     metric_names,
 )
-from mercato.store.errors import StoreClosedError, StoreWriteError, UnknownVersionError
+from mercato.store.errors import (
+    InvalidPartialsError,
+    StoreClosedError,
+    StoreWriteError,
+    UnknownVersionError,
+)
 
 
 class MemoryStore:
@@ -35,6 +41,9 @@ class MemoryStore:
         self._versions: list[DefinitionVersion] = []
         self._serving: int | None = None
         self._rollups: dict[tuple[int, str], pa.Table] = {}
+        self._final: dict[tuple[int, str], pa.Table] = {}
+        self._sealed: dict[int, dict[int, SealedHour]] = {}
+        self._watermarks: dict[tuple[str, int], int] = {}
         self._offsets: dict[str, dict[int, int]] = {}
         self._timezones: dict[str, str] = {}
 
@@ -84,6 +93,49 @@ class MemoryStore:
             self._rollups.update(merged)
             self._offsets.setdefault(consumer, {}).update(next_offsets)
 
+    def write_sealed_hour(
+        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
+    ) -> None:
+        table = sort_partials(conform_partials(partials))
+        end = hour + 3600
+        outside = pc.or_(pc.less(table["bucket"], hour), pc.greater_equal(table["bucket"], end))
+        if pc.any(outside).as_py():
+            raise InvalidPartialsError(f"partials of hour {hour} have buckets outside it")
+        with self._lock:
+            self._check_version(version)
+            final: dict[tuple[int, str], pa.Table] = {}
+            for key, kept in self._final.items():
+                if key[0] == version:
+                    buckets = kept["bucket"]
+                    kept = kept.filter(  # noqa: PLW2901
+                        pc.or_(pc.less(buckets, hour), pc.greater_equal(buckets, end))
+                    )
+                final[key] = kept
+            for merchant in pc.unique(table["merchant_id"]).to_pylist():
+                key = (version, merchant)
+                rows = table.filter(pc.equal(table["merchant_id"], merchant))
+                final[key] = sort_partials(merge([final.get(key, empty_partials()), rows]))
+            self._final = final
+            sealed = SealedHour(
+                hour, fingerprint, events, int(datetime.now(UTC).timestamp() * 1000)
+            )
+            self._sealed.setdefault(version, {})[hour] = sealed
+
+    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
+        with self._lock:
+            self._check_open()
+            return dict(self._sealed.get(version, {}))
+
+    def set_watermark(self, name: str, version: int, value: int) -> None:
+        with self._lock:
+            self._check_open()
+            self._watermarks[(name, version)] = value
+
+    def watermark(self, name: str, version: int) -> int | None:
+        with self._lock:
+            self._check_open()
+            return self._watermarks.get((name, version))
+
     def offsets(self, consumer: str) -> dict[int, int]:
         with self._lock:
             self._check_open()
@@ -97,21 +149,33 @@ class MemoryStore:
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> pa.Table:
         names = metric_names(metrics)
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
         with self._lock:
             self._check_open()
-            table = self._rollups.get((version, merchant_id))
-        if table is None or not names:
+            layers = [
+                (self._final.get((version, merchant_id)), start, cut),
+                (self._rollups.get((version, merchant_id)), cut, end),
+            ]
+        parts = []
+        for table, low, high in layers:
+            if table is None or not names or low >= high:
+                continue
+            mask = pc.and_(
+                pc.and_(
+                    pc.is_in(table["metric"], value_set=pa.array(names, pa.string())),
+                    pc.equal(table["dimension"], dimension),
+                ),
+                pc.and_(pc.greater_equal(table["bucket"], low), pc.less(table["bucket"], high)),
+            )
+            parts.append(table.filter(mask))
+        if not parts:
             return empty_partials()
-        mask = pc.and_(
-            pc.and_(
-                pc.is_in(table["metric"], value_set=pa.array(names, pa.string())),
-                pc.equal(table["dimension"], dimension),
-            ),
-            pc.and_(pc.greater_equal(table["bucket"], start), pc.less(table["bucket"], end)),
+        return pa.concat_tables(parts).sort_by(
+            [(name, "ascending") for name in ("metric", "dimension", "member", "bucket")]
         )
-        return table.filter(mask)
 
     def read_rows(
         self,
@@ -121,14 +185,22 @@ class MemoryStore:
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> list[tuple[Any, ...]]:
-        table = self.read(version, merchant_id, metrics, start, end, dimension)
+        table = self.read(version, merchant_id, metrics, start, end, dimension, sealed_through)
         return list(zip(*(table[name].to_pylist() for name in table.column_names), strict=True))
 
     def members(
-        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+        self,
+        version: int,
+        merchant_id: str,
+        metric: str,
+        dimension: str,
+        start: int,
+        end: int,
+        sealed_through: int | None = None,
     ) -> list[tuple[str, int]]:
-        rows = self.read(version, merchant_id, [metric], start, end, dimension)
+        rows = self.read(version, merchant_id, [metric], start, end, dimension, sealed_through)
         totals: dict[str, int] = {}
         for member, count in zip(
             rows["member"].to_pylist(), rows["count"].to_pylist(), strict=True

@@ -33,16 +33,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercato.metrics.kernel import PARTIAL_SCHEMA, empty_partials, merge_sketches, sort_partials
 from mercato.store.base import (
     REGISTERED,
     DefinitionVersion,
+    SealedHour,
     check_timezone,
     conform_partials,
     metric_names,
 )
 from mercato.store.errors import (
+    InvalidPartialsError,
     StoreClosedError,
     StoreError,
     StoreSchemaError,
@@ -150,6 +153,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         _rollup_table("daily_rollups").replace("bucket ", "day ").replace("bucket)", "day)"),
         "ALTER TABLE job_runs ADD COLUMN output TEXT",
+        # a seal replaces an hour of final rows across merchants
+        "CREATE INDEX final_rollups_by_bucket ON final_rollups (version, bucket)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -176,6 +181,7 @@ def _upsert(table: str) -> str:
 
 
 UPSERT_SPEED = _upsert("speed_rollups")
+UPSERT_FINAL = _upsert("final_rollups")
 SET_OFFSET = """
     INSERT INTO consumer_offsets (consumer, partition, next_offset) VALUES (?, ?, ?)
     ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset
@@ -269,6 +275,65 @@ class SqliteStore:
                     f"write of {table.num_rows} partials for {consumer!r} was rolled back: {cause}"
                 ) from cause
 
+    def write_sealed_hour(
+        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
+    ) -> None:
+        table = sort_partials(conform_partials(partials))
+        end = hour + 3600
+        if table.num_rows:
+            buckets = table["bucket"]
+            low, high = pc.min(buckets).as_py(), pc.max(buckets).as_py()
+            if low < hour or high >= end:
+                raise InvalidPartialsError(f"partials of hour {hour} have buckets outside it")
+        with self._connection() as db:
+            _function_failure.exc = None
+            try:
+                with _transaction(db):
+                    _check_version(db, version)
+                    db.execute(
+                        "DELETE FROM final_rollups"
+                        " WHERE version = ? AND bucket >= ? AND bucket < ?",
+                        (version, hour, end),
+                    )
+                    db.executemany(UPSERT_FINAL, _rows(version, table))
+                    db.execute(
+                        "INSERT INTO sealed_hours (version, hour, fingerprint, events, sealed_at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (version, hour) DO UPDATE SET"
+                        " fingerprint = excluded.fingerprint, events = excluded.events,"
+                        " sealed_at = excluded.sealed_at",
+                        (version, hour, fingerprint, events, _now_ms()),
+                    )
+            except sqlite3.Error as exc:
+                cause = getattr(_function_failure, "exc", None) or exc
+                _function_failure.exc = None
+                raise StoreWriteError(f"seal of hour {hour} was rolled back: {cause}") from cause
+
+    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT hour, fingerprint, events, sealed_at FROM sealed_hours WHERE version = ?",
+                (version,),
+            ).fetchall()
+        return {
+            int(hour): SealedHour(int(hour), fingerprint, int(events), int(ms))
+            for hour, fingerprint, events, ms in rows
+        }
+
+    def set_watermark(self, name: str, version: int, value: int) -> None:
+        with self._connection() as db:
+            db.execute(
+                "INSERT INTO watermarks (name, version, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, version) DO UPDATE SET value = excluded.value",
+                (name, version, value),
+            )
+
+    def watermark(self, name: str, version: int) -> int | None:
+        with self._connection() as db:
+            row = db.execute(
+                "SELECT value FROM watermarks WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
     def offsets(self, consumer: str) -> dict[int, int]:
         with self._connection() as db:
             rows = db.execute(
@@ -285,8 +350,11 @@ class SqliteStore:
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> pa.Table:
-        return _table(self.read_rows(version, merchant_id, metrics, start, end, dimension))
+        return _table(
+            self.read_rows(version, merchant_id, metrics, start, end, dimension, sealed_through)
+        )
 
     def read_rows(
         self,
@@ -296,31 +364,50 @@ class SqliteStore:
         start: int,
         end: int,
         dimension: str = "",
+        sealed_through: int | None = None,
     ) -> list[tuple[Any, ...]]:
         names = metric_names(metrics)
         if not names:
             return []
         marks = ", ".join("?" * len(names))
+        where = (
+            f"version = ? AND merchant_id = ? AND metric IN ({marks})"
+            " AND dimension = ? AND bucket >= ? AND bucket < ?"
+        )
+        params = (version, merchant_id, *names, dimension)
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
         with self._connection() as db:
+            # one statement, so both layers come from the same snapshot
             rows: list[tuple[Any, ...]] = db.execute(
-                f"SELECT {COLUMNS} FROM speed_rollups"
-                f" WHERE version = ? AND merchant_id = ? AND metric IN ({marks})"
-                "   AND dimension = ? AND bucket >= ? AND bucket < ?"
+                f"SELECT {COLUMNS} FROM final_rollups WHERE {where}"
+                f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {where}"
                 " ORDER BY metric, dimension, member, bucket",
-                (version, merchant_id, *names, dimension, start, end),
+                (*params, start, cut, *params, cut, end),
             ).fetchall()
         return rows
 
     def members(
-        self, version: int, merchant_id: str, metric: str, dimension: str, start: int, end: int
+        self,
+        version: int,
+        merchant_id: str,
+        metric: str,
+        dimension: str,
+        start: int,
+        end: int,
+        sealed_through: int | None = None,
     ) -> list[tuple[str, int]]:
+        where = "version = ? AND merchant_id = ? AND metric = ? AND dimension = ?"
+        params = (version, merchant_id, metric, dimension)
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
         with self._connection() as db:
             rows = db.execute(
-                "SELECT member, coalesce(sum(count), 0) AS total FROM speed_rollups"
-                " WHERE version = ? AND merchant_id = ? AND metric = ? AND dimension = ?"
+                "SELECT member, coalesce(sum(count), 0) AS total FROM ("
+                f" SELECT member, count FROM final_rollups WHERE {where}"
                 "   AND bucket >= ? AND bucket < ?"
-                " GROUP BY member ORDER BY total DESC, member",
-                (version, merchant_id, metric, dimension, start, end),
+                f" UNION ALL SELECT member, count FROM speed_rollups WHERE {where}"
+                "   AND bucket >= ? AND bucket < ?"
+                ") GROUP BY member ORDER BY total DESC, member",
+                (*params, start, cut, *params, cut, end),
             ).fetchall()
         return [(str(member), int(total)) for member, total in rows]
 

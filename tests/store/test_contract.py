@@ -235,6 +235,64 @@ def test_members_with_their_total_counts(store_factory: StoreFactory) -> None:
 # -- atomicity --------------------------------------------------------------------------------
 
 
+# -- final rows and seals ---------------------------------------------------------------------
+
+
+def test_sealed_hour_rows_are_read_before_the_watermark_speed_rows_after(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    speed = [row(bucket=b, count=1) for b in (0, 900, 3600, 4500)]
+    store.write(v, "agg", partials(*speed), {0: 1})
+    assert store.sealed_hours(v) == {}
+    final = [row(bucket=0, count=5), row(bucket=2700, count=6)]
+    store.write_sealed_hour(v, 0, partials(*final), "fp-1", 11)
+    assert read_rows(store, v, "m1", ["orders"]) == speed  # no watermark: speed only
+    got = store.read(v, "m1", ["orders"], *EVERYTHING, "", 3600).to_pylist()
+    assert got == [*final, speed[2], speed[3]]
+    assert store.read_rows(v, "m1", ["orders"], *EVERYTHING, "", 3600) == [
+        tuple(r.values()) for r in got
+    ]
+    assert store.members(v, "m1", "orders", "", *EVERYTHING, 3600) == [("", 13)]
+    assert store.members(v, "m1", "orders", "", *EVERYTHING) == [("", 4)]
+    sealed = store.sealed_hours(v)
+    assert list(sealed) == [0]
+    assert (sealed[0].fingerprint, sealed[0].events) == ("fp-1", 11)
+
+
+def test_resealing_an_hour_replaces_its_final_rows_for_every_merchant(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write_sealed_hour(
+        v, 0, partials(row("m1", bucket=0, count=1), row("m2", bucket=900, count=2)), "a", 3
+    )
+    store.write_sealed_hour(v, 3600, partials(row("m1", bucket=3600, count=9)), "b", 9)
+    store.write_sealed_hour(v, 0, partials(row("m1", bucket=0, count=4)), "c", 4)
+    assert store.read(v, "m2", ["orders"], *EVERYTHING, "", 7200).num_rows == 0
+    assert [
+        r["count"] for r in store.read(v, "m1", ["orders"], *EVERYTHING, "", 7200).to_pylist()
+    ] == [4, 9]
+    assert {h: s.fingerprint for h, s in store.sealed_hours(v).items()} == {0: "c", 3600: "b"}
+    with pytest.raises(InvalidPartialsError, match="outside"):
+        store.write_sealed_hour(v, 0, partials(row(bucket=3600)), "d", 1)
+    with pytest.raises(UnknownVersionError):
+        store.write_sealed_hour(99, 0, partials(row(bucket=0)), "d", 1)
+
+
+def test_watermarks_per_name_and_version(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    assert store.watermark("sealed_through", v) is None
+    store.set_watermark("sealed_through", v, 3600)
+    store.set_watermark("sealed_through", v, 7200)
+    store.set_watermark("other", v, 1)
+    assert store.watermark("sealed_through", v) == 7200
+    assert store.watermark("sealed_through", v + 1) is None
+
+
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
