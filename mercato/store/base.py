@@ -15,6 +15,8 @@ The store holds what the query API serves and what the aggregator needs to resum
 * **definitions versions** (content hash → id) and the *serving* pointer, which the query API
   reads and a promote swaps in one step.
 * **merchants**: each merchant's IANA time zone (local days are derived in it).
+* **job runs and leases**: the scheduler's run history, one row per attempt, and named
+  leases (``scheduler``) that let one process of several act as the leader.
 
 Every read of rollup rows names one merchant: :meth:`Store.read` and :meth:`Store.members`
 are the merchant-scoped choke point the query API relies on, and no method returns rows of
@@ -38,6 +40,7 @@ from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA
 from mercato.store.errors import InvalidPartialsError, InvalidTimezoneError
 
 REGISTERED = "registered"
+RUNNING = "running"  # the status of a job run that has started and not finished
 
 
 class DefinitionVersion(msgspec.Struct, frozen=True):
@@ -57,6 +60,20 @@ class SealedHour(msgspec.Struct, frozen=True):
     fingerprint: str
     events: int
     sealed_at_ms: int
+
+
+class JobRun(msgspec.Struct, frozen=True):
+    """One attempt of a scheduled job, as recorded in the store."""
+
+    id: int
+    job: str
+    params: dict[str, Any]
+    attempt: int
+    status: str  # "running" until finished, then what the scheduler recorded
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    output: str | None = None  # the tail of what the job printed
 
 
 @runtime_checkable
@@ -180,6 +197,36 @@ class Store(Protocol):
 
     def merchant_timezone(self, merchant_id: str) -> str | None:
         """The merchant's time zone, or None when none was set."""
+        ...
+
+    def start_job_run(self, job: str, params: Mapping[str, Any], attempt: int) -> int:
+        """Record that an attempt of ``job`` started now (status ``running``); its run id."""
+        ...
+
+    def finish_job_run(
+        self, run_id: int, status: str, error: str | None = None, output: str | None = None
+    ) -> None:
+        """Record how the attempt ``run_id`` ended, now.
+
+        Raises :class:`~mercato.store.errors.UnknownJobRunError` for an id never started.
+        """
+        ...
+
+    def job_runs(self, job: str | None = None, limit: int = 100) -> list[JobRun]:
+        """The last ``limit`` attempts (of ``job``, or of every job), newest first."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``seconds`` from now.
+
+        True if the lease was free, expired or already ``holder``'s (it is then held until
+        now + ``seconds``); False, changing nothing, while another holder's lease lasts. One
+        atomic step: of holders racing for a free lease exactly one gets it.
+        """
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Free the lease ``name`` if ``holder`` holds it (otherwise do nothing)."""
         ...
 
     def close(self) -> None:

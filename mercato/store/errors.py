@@ -9,7 +9,8 @@
         ├── StoreWriteError         a write did not land; none of it did (rows nor offsets)
         ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
         ├── UnknownVersionError     no definitions version has that id
-        └── InvalidTimezoneError    not an IANA time zone name
+        ├── InvalidTimezoneError    not an IANA time zone name
+        └── UnknownJobRunError      no job run has that id
 """
 
 from mercato.errors import MercatoError
@@ -49,3 +50,11 @@ class InvalidTimezoneError(StoreError):
     def __init__(self, timezone: str) -> None:
         super().__init__(f"unknown time zone {timezone!r}: expected an IANA name like Asia/Kolkata")
         self.timezone = timezone
+
+
+class UnknownJobRunError(StoreError):
+    """No job run was started under this id."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no job run {run_id} was started")
+        self.run_id = run_id

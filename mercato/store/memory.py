@@ -8,17 +8,21 @@ store's upserts are tested against.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import empty_partials, merge, sort_partials
 from mercato.store.base import (
+    RUNNING,
     DefinitionVersion,
+    JobRun,
     SealedHour,
     check_timezone,
     conform_partials,
@@ -28,6 +32,7 @@ from mercato.store.errors import (
     InvalidPartialsError,
     StoreClosedError,
     StoreWriteError,
+    UnknownJobRunError,
     UnknownVersionError,
 )
 
@@ -46,6 +51,8 @@ class MemoryStore:
         self._watermarks: dict[tuple[str, int], int] = {}
         self._offsets: dict[str, dict[int, int]] = {}
         self._timezones: dict[str, str] = {}
+        self._job_runs: dict[int, JobRun] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name: (holder, expires at)
 
     def register_version(self, hash: str, text: str) -> int:
         with self._lock:
@@ -218,6 +225,51 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             return self._timezones.get(merchant_id)
+
+    def start_job_run(self, job: str, params: Mapping[str, Any], attempt: int) -> int:
+        # Through JSON, as the SQLite store keeps them, so both hand back the same values.
+        copied = msgspec.json.decode(msgspec.json.encode(dict(params)))
+        with self._lock:
+            self._check_open()
+            run_id = len(self._job_runs) + 1
+            self._job_runs[run_id] = JobRun(
+                run_id, job, copied, attempt, RUNNING, datetime.now(UTC)
+            )
+            return run_id
+
+    def finish_job_run(
+        self, run_id: int, status: str, error: str | None = None, output: str | None = None
+    ) -> None:
+        with self._lock:
+            self._check_open()
+            run = self._job_runs.get(run_id)
+            if run is None:
+                raise UnknownJobRunError(run_id)
+            self._job_runs[run_id] = msgspec.structs.replace(
+                run, status=status, finished_at=datetime.now(UTC), error=error, output=output
+            )
+
+    def job_runs(self, job: str | None = None, limit: int = 100) -> list[JobRun]:
+        with self._lock:
+            self._check_open()
+            runs = [r for r in reversed(self._job_runs.values()) if job in (None, r.job)]
+        return runs[: max(limit, 0)]
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        with self._lock:
+            self._check_open()
+            now = time.time()
+            current = self._leases.get(name)
+            if current is not None and current[0] != holder and current[1] > now:
+                return False
+            self._leases[name] = (holder, now + seconds)
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            self._check_open()
+            if self._leases.get(name, ("", 0.0))[0] == holder:
+                del self._leases[name]
 
     def close(self) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ from mercato.store.errors import (
     StoreWriteError,
     UnknownVersionError,
 )
+from mercato.store.sqlite_jobs import SqliteJobs
 
 if TYPE_CHECKING:
     from mercato.config import StoreConfig
@@ -200,7 +201,7 @@ def _merge_two(left: bytes, right: bytes) -> bytes | None:
         raise
 
 
-class SqliteStore:
+class SqliteStore(SqliteJobs):
     """The store in one SQLite file at ``path``, created and migrated on open."""
 
     def __init__(self, path: Path, config: StoreConfig) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -15,6 +17,7 @@ from mercato.store.errors import (
     InvalidTimezoneError,
     StoreClosedError,
     StoreWriteError,
+    UnknownJobRunError,
     UnknownVersionError,
 )
 from mercato.store.memory import MemoryStore
@@ -480,6 +483,112 @@ def test_readers_in_threads_see_whole_writes(store_factory: StoreFactory) -> Non
     ]
     assert store.offsets("agg") == {0: writes}
     assert seen
+
+
+# -- job runs and leases ---------------------------------------------------------------------
+
+
+def test_job_runs_are_recorded_attempt_by_attempt(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.job_runs() == []
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = store.start_job_run("seal", {"scheduled_for": "2026-11-26T10:05:00Z"}, 1)
+    second = store.start_job_run("compact", {}, 1)
+    store.finish_job_run(first, "failed", error="exit status 3", output="x" * 5000)
+    third = store.start_job_run("seal", {"scheduled_for": "2026-11-26T10:05:00Z"}, 2)
+    store.finish_job_run(third, "succeeded", output="")
+    assert len({first, second, third}) == 3
+
+    runs = store.job_runs()
+    assert [r.id for r in runs] == [third, second, first]  # newest first
+    assert [(r.job, r.attempt, r.status) for r in runs] == [
+        ("seal", 2, "succeeded"),
+        ("compact", 1, "running"),
+        ("seal", 1, "failed"),
+    ]
+    done, running, failed = runs
+    assert failed.params == {"scheduled_for": "2026-11-26T10:05:00Z"}
+    assert (failed.error, failed.output) == ("exit status 3", "x" * 5000)
+    assert (done.error, done.output) == (None, "")
+    assert (running.finished_at, running.error, running.output) == (None, None, None)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    for run in (done, failed):
+        assert run.finished_at is not None
+        assert before <= run.started_at <= run.finished_at <= after
+
+    assert [r.id for r in store.job_runs("seal")] == [third, first]
+    assert [r.id for r in store.job_runs(limit=2)] == [third, second]
+    assert [r.id for r in store.job_runs("seal", limit=1)] == [third]
+    assert store.job_runs("nothing") == []
+
+
+def test_job_run_params_round_trip_as_json(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    params = {"from": "2026-11-01", "to": "2026-11-02", "n": 3, "extra": ["a", 1], "x": None}
+    run_id = store.start_job_run("seal", params, 1)
+    params["n"] = 4  # the store keeps what it was given, not a live reference
+    (run,) = store.job_runs()
+    assert run.id == run_id
+    assert run.params == {
+        "from": "2026-11-01",
+        "to": "2026-11-02",
+        "n": 3,
+        "extra": ["a", 1],
+        "x": None,
+    }
+
+
+def test_finishing_an_unknown_run_is_refused(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    run_id = store.start_job_run("seal", {}, 1)
+    with pytest.raises(UnknownJobRunError, match=str(run_id + 7)):
+        store.finish_job_run(run_id + 7, "succeeded")
+    assert store.job_runs()[0].status == "running"
+
+
+def test_lease_is_held_renewed_released_and_expires(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.acquire_lease("scheduler", "a", 30)
+    assert not store.acquire_lease("scheduler", "b", 30)
+    assert store.acquire_lease("scheduler", "a", 30)  # renewed by its holder
+    assert store.acquire_lease("other", "b", 30)  # leases are independent by name
+    store.release_lease("scheduler", "b")  # not b's: nothing happens
+    assert not store.acquire_lease("scheduler", "b", 30)
+    store.release_lease("scheduler", "a")
+    assert store.acquire_lease("scheduler", "b", 0.2)
+    assert not store.acquire_lease("scheduler", "a", 30)
+    time.sleep(0.3)
+    assert store.acquire_lease("scheduler", "a", 30)  # b's expired
+    assert not store.acquire_lease("scheduler", "b", 30)
+
+
+def test_a_renewal_extends_the_lease(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.acquire_lease("scheduler", "a", 0.3)
+    time.sleep(0.2)
+    assert store.acquire_lease("scheduler", "a", 0.3)
+    time.sleep(0.2)  # 0.4 s after the first take, 0.2 s after the renewal
+    assert not store.acquire_lease("scheduler", "b", 30)
+
+
+def test_exactly_one_of_racing_holders_gets_a_lease(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    holders = [f"h{i}" for i in range(8)]
+    start = threading.Barrier(len(holders))
+    won: list[str] = []
+
+    def race(holder: str) -> None:
+        start.wait()
+        if store.acquire_lease("scheduler", holder, 30):
+            won.append(holder)
+
+    threads = [threading.Thread(target=race, args=(h,)) for h in holders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+    assert all(store.acquire_lease("scheduler", h, 30) == (h == won[0]) for h in holders)
 
 
 # -- the merchant-scoped choke point ----------------------------------------------------------
