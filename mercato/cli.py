@@ -169,13 +169,36 @@ def run_aggregator(ctx: click.Context, partitions: str | None) -> None:
 
     config = _config(ctx)
     if partitions:
-        try:
-            owned = [int(p) for p in partitions.split(",") if p.strip()]
-        except ValueError:
-            message = f"--partitions takes numbers like 0,1,2, not {partitions!r}"
-            raise MercatoError(message) from None
+        owned = _parse_partitions(partitions)
         config = msgspec.structs.replace(
             config, aggregator=msgspec.structs.replace(config.aggregator, partitions=owned)
+        )
+    serve(config)
+
+
+def _parse_partitions(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise MercatoError(f"--partitions takes numbers like 0,1,2, not {text!r}") from None
+
+
+@run.command("archiver")
+@click.option(
+    "--partitions",
+    help="Comma-separated partitions this process owns (default: [archive] partitions, or all).",
+)
+@click.pass_context
+@friendly
+def run_archiver(ctx: click.Context, partitions: str | None) -> None:
+    """Raw-event archive: log partitions in, Parquet files by event hour out."""
+    from mercato.archive.service import serve
+
+    config = _config(ctx)
+    if partitions:
+        owned = _parse_partitions(partitions)
+        config = msgspec.structs.replace(
+            config, archive=msgspec.structs.replace(config.archive, partitions=owned)
         )
     serve(config)
 
@@ -188,6 +211,46 @@ def run_api(ctx: click.Context) -> None:
     from mercato.query.server import serve
 
     serve(_config(ctx))
+
+
+# -- archive ------------------------------------------------------------------------------------
+
+
+@cli.group("archive")
+def archive_group() -> None:
+    """Maintain the raw-event archive."""
+
+
+@archive_group.command("compact")
+@click.option("--date", help="UTC date of the hour, YYYY-MM-DD.")
+@click.option("--hour", help="UTC hour, 0..23.")
+@click.option("--all", "every", is_flag=True, help="Every hour in the archive.")
+@click.pass_context
+@friendly
+def archive_compact(ctx: click.Context, date: str | None, hour: str | None, every: bool) -> None:
+    """Merge an hour's small files per partition into one (safe to repeat and to interrupt)."""
+    from mercato.archive.compaction import compact_all, compact_hour
+    from mercato.archive.layout import parse_hour
+
+    config = _config(ctx)
+    level = config.archive.compression_level
+    if every == (date is not None or hour is not None):
+        raise MercatoError("give either --date and --hour, or --all")
+    if every:
+        result = compact_all(config.archive_path, compression_level=level)
+    else:
+        if date is None or hour is None:
+            raise MercatoError("--date and --hour go together")
+        start = parse_hour(date, hour)
+        result = compact_hour(
+            config.archive_path, start.date(), start.hour, compression_level=level
+        )
+    console.print(
+        f"{result.hours} hour(s): {result.merged_files} files merged into "
+        f"{result.written_files}, {result.redundant_files} left over by an interrupted "
+        f"compaction deleted, {result.rows:,} rows rewritten",
+        highlight=False,
+    )
 
 
 # -- tokens -------------------------------------------------------------------------------------
