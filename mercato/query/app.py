@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -139,7 +139,14 @@ class QueryApi:
             raise ApiError(401, "unauthorized", str(exc)) from None
         self.limiter.check(merchant)
         version = self._cached(("version", ""), self.store.serving_version)
-        return MerchantView(self.store, version if version is not None else -1, merchant)
+        if version is None:
+            return MerchantView(self.store, -1, merchant)
+        # keyed by version, so a promote never pairs one version with another's watermark
+        sealed = self._cached(
+            ("sealed_through", str(version)),
+            lambda: self.store.watermark("sealed_through", version),
+        )
+        return MerchantView(self.store, version, merchant, sealed)
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
         """``load()``, reused for a second: the serving version and merchants' zones change
@@ -241,9 +248,9 @@ class QueryApi:
             "tz": zone.key,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "complete_through": None,  # nothing is final before the batch layer seals hours
+            "complete_through": _complete_through(view, zone),
             "periods": [datetime.fromtimestamp(b, zone).isoformat() for b in bounds[:-1]],
-            "series": [_series_json(s) for s in series],
+            "series": [_series_json(s, view, bounds) for s in series],
         }
 
     async def overview(self, request: Request) -> Response:
@@ -274,13 +281,13 @@ class QueryApi:
             )
             kpis.append(
                 {"metric": name, "unit": metric.unit, "value": value, "previous": previous,
-                 "change": change, "provisional": True}
+                 "change": change, "provisional": not view.is_final(now[-1])}
             )  # fmt: skip
         return {
             "tz": zone.key,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "complete_through": None,
+            "complete_through": _complete_through(view, zone),
             "kpis": kpis,
         }
 
@@ -380,9 +387,16 @@ def _epochs(start: datetime, end: datetime) -> list[int]:
     return [first - first % 900, last - last % 900 if last % 900 == 0 else last + 900 - last % 900]
 
 
-def _series_json(series: Series) -> dict[str, Any]:
+def _series_json(series: Series, view: MerchantView, bounds: Sequence[int]) -> dict[str, Any]:
     return {
         "member": series.member,
         "values": series.values,
-        "provisional": [True] * len(series.values),
+        "provisional": [not view.is_final(end) for end in bounds[1:]],
     }
+
+
+def _complete_through(view: MerchantView, zone: ZoneInfo) -> str | None:
+    """When the final (exactly recomputed) part of every answer ends, in the answer's zone."""
+    if view.sealed_through is None:
+        return None
+    return datetime.fromtimestamp(view.sealed_through, zone).isoformat()

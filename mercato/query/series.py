@@ -30,19 +30,29 @@ _METRIC, _DIMENSION, _MEMBER, _BUCKET, _COUNT, _SUM, _MIN, _MAX, _SKETCH = range
 class MerchantView:
     """Reads of one merchant's rollups for one definitions version."""
 
-    def __init__(self, store: Store, version: int, merchant_id: str) -> None:
+    def __init__(
+        self, store: Store, version: int, merchant_id: str, sealed_through: int | None = None
+    ) -> None:
         self._store = store
         self._version = version
         self.merchant_id = merchant_id
+        self.sealed_through = sealed_through
+        """Epoch seconds before which rows are final (the batch layer's), None: none are."""
 
     def rows(self, metrics: Sequence[str], start: int, end: int, dimension: str = "") -> list[Row]:
         """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants)."""
         return self._store.read_rows(
-            self._version, self.merchant_id, metrics, start, end, dimension
+            self._version, self.merchant_id, metrics, start, end, dimension, self.sealed_through
         )
 
     def members(self, metric: str, dimension: str, start: int, end: int) -> list[tuple[str, int]]:
-        return self._store.members(self._version, self.merchant_id, metric, dimension, start, end)
+        return self._store.members(
+            self._version, self.merchant_id, metric, dimension, start, end, self.sealed_through
+        )
+
+    def is_final(self, end: int) -> bool:
+        """Whether everything before ``end`` (epoch seconds) is final."""
+        return self.sealed_through is not None and end <= self.sealed_through
 
 
 class Series(msgspec.Struct):

@@ -1,0 +1,49 @@
+"""The batch engine interface: archive files in, the kernel's partials out.
+
+An engine reads archived rows (:data:`mercato.archive.schema.SCHEMA`), keeps one row per
+``(merchant_id, event_id)`` — the first in log order, ``(log_partition, log_offset)`` — and
+runs the rollup kernel (:func:`mercato.metrics.kernel.rollup`, the same one the aggregator
+runs) over them, merging the partials of its chunks with :func:`~mercato.metrics.kernel.merge`.
+Engines differ only in who reads, de-duplicates and schedules: DuckDB in this process
+(the embedded default); Spark (extra ``[spark]``) is the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+import pyarrow as pa
+
+from mercato.batch.errors import EngineError
+from mercato.metrics.definitions import Definitions
+
+ENGINES = ("duckdb",)
+
+
+class Rollup(msgspec.Struct, frozen=True):
+    """What an engine computed over a set of archive files."""
+
+    partials: pa.Table
+    events: int  # distinct events counted
+    rows: int  # archived rows read (events plus redeliveries)
+
+
+class Engine(Protocol):
+    name: str
+
+    def rollup(self, paths: Sequence[str], definitions: Definitions) -> Rollup:
+        """The merged partials of the distinct events in the archive files ``paths``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_engine(name: str, *, threads: int = 0, chunk_rows: int = 500_000) -> Engine:
+    """The engine called ``name`` (one of :data:`ENGINES`)."""
+    from mercato.batch.duckdb import DuckDbEngine  # noqa: PLC0415 (the module imports this one)
+
+    if name == "duckdb":
+        return DuckDbEngine(threads=threads, chunk_rows=chunk_rows)
+    raise EngineError(f"unknown batch engine {name!r}: one of {', '.join(ENGINES)}")
