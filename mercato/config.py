@@ -15,14 +15,17 @@ An unknown key or a value of the wrong type stops start-up with a message naming
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import msgspec
 
 from mercato.errors import MercatoError
+from mercato.scheduler.cron import parse_cron
+from mercato.scheduler.errors import CronError
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -91,6 +94,15 @@ class ArchiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     compression_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
 
 
+class BatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[batch]``: the batch layer that seals hours from the archive."""
+
+    engine: Literal["duckdb"] = "duckdb"
+    grace_minutes: NonNegative = 10
+    threads: NonNegative = 0  # 0: every core
+    chunk_rows: Positive = 500_000
+
+
 class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[api]``: the merchant query API."""
 
@@ -117,6 +129,49 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
 
 
+class JobConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[scheduler.jobs.NAME]``: one scheduled job, a ``mercato`` command run on a schedule."""
+
+    schedule: str  # five-field cron, UTC
+    command: list[str]  # mercato's arguments, e.g. ["seal"]; or an absolute path and its args
+    retries: NonNegative = 2
+    backoff_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600
+    enabled: bool = True
+
+
+# The jobs every installation has; a [scheduler.jobs.NAME] table changes keys of one (or adds a
+# job), and `enabled = false` turns one off.
+DEFAULT_JOBS: dict[str, dict[str, Any]] = {
+    "seal": {"schedule": "*/5 * * * *", "command": ["seal"], "timeout_seconds": 900},
+    "compact": {"schedule": "7 * * * *", "command": ["archive", "compact", "--all"]},
+    "retention": {"schedule": "30 3 * * *", "command": ["log", "retention"]},
+    "drift": {"schedule": "15 * * * *", "command": ["drift"]},
+}
+JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+class SchedulerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[scheduler]``: the job scheduler and its jobs."""
+
+    lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30
+    tick_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1
+    on_error_command: list[str] = msgspec.field(default_factory=list)
+    on_error_webhook: str = ""
+    jobs: dict[str, JobConfig] = msgspec.field(
+        default_factory=lambda: msgspec.convert(DEFAULT_JOBS, dict[str, JobConfig])
+    )
+
+    def __post_init__(self) -> None:
+        if self.tick_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"tick_seconds ({self.tick_seconds}) must be shorter than lease_seconds "
+                f"({self.lease_seconds}), or the leader's lease lapses between renewals"
+            )
+        if self.on_error_webhook and not self.on_error_webhook.startswith(("http://", "https://")):
+            raise ValueError(f"on_error_webhook must be an http(s) URL: {self.on_error_webhook!r}")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration."""
 
@@ -125,8 +180,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     collector: CollectorConfig = msgspec.field(default_factory=CollectorConfig)
     aggregator: AggregatorConfig = msgspec.field(default_factory=AggregatorConfig)
     archive: ArchiveConfig = msgspec.field(default_factory=ArchiveConfig)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
 
     @property
     def data_path(self) -> Path:
@@ -154,9 +211,15 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "collector": CollectorConfig,
     "aggregator": AggregatorConfig,
     "archive": ArchiveConfig,
+    "batch": BatchConfig,
     "api": ApiConfig,
     "store": StoreConfig,
+    "scheduler": SchedulerConfig,
 }
+# Tables of tables inside a section: (section, key) -> the struct of each inner table.
+NESTED: dict[tuple[str, str], type[msgspec.Struct]] = {("scheduler", "jobs"): JobConfig}
+# Variables the scheduler sets for its error hook; they are not configuration.
+NOT_CONFIG = {"MERCATO_CONFIG", "MERCATO_JOB", "MERCATO_RUN_ID", "MERCATO_ATTEMPT", "MERCATO_ERROR"}
 
 
 def load_config(
@@ -174,8 +237,9 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for name, value in env.items():
-        if name.startswith("MERCATO_") and name != "MERCATO_CONFIG":
+        if name.startswith("MERCATO_") and name not in NOT_CONFIG:
             _set_from_env(raw, name, value)
+    _merge_jobs(raw)
     try:
         return msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
@@ -187,6 +251,8 @@ def _set_from_env(raw: dict[str, Any], name: str, value: str) -> None:
     for section, struct in SECTIONS.items():
         if rest.startswith(section + "_"):
             key = rest.removeprefix(section + "_")
+            if _set_nested_from_env(raw, name, section, key, value):
+                return
             if key not in struct.__struct_fields__:
                 raise ConfigError(f"unknown environment variable {name}: [{section}] has no {key}")
             target = raw.setdefault(section, {})
@@ -199,19 +265,77 @@ def _set_from_env(raw: dict[str, Any], name: str, value: str) -> None:
     raw[rest] = value
 
 
+def _set_nested_from_env(
+    raw: dict[str, Any], name: str, section: str, key: str, value: str
+) -> bool:
+    """``MERCATO_SCHEDULER_JOBS_<JOB>_<KEY>``: one key of one inner table (a job may have
+    underscores in its name, so the key is matched at the end)."""
+    for (outer, table), struct in NESTED.items():
+        if outer != section or not key.startswith(table + "_"):
+            continue
+        rest = key.removeprefix(table + "_")
+        for field in sorted(struct.__struct_fields__, key=len, reverse=True):
+            inner = rest.removesuffix("_" + field)
+            if inner != rest and inner:
+                target = raw.setdefault(section, {}).setdefault(table, {}).setdefault(inner, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"invalid configuration: {section}.{table} must be a table")
+                target[field] = _env_value(struct, field, value)
+                return True
+        raise ConfigError(
+            f"unknown environment variable {name}: expected {name[: -len(rest)]}<NAME>_<KEY> "
+            f"with KEY one of {', '.join(struct.__struct_fields__)}"
+        )
+    return False
+
+
 def _env_value(struct: type[msgspec.Struct], key: str, value: str) -> object:
-    default = getattr(struct(), key)
-    if isinstance(default, list):
+    if get_origin(get_type_hints(struct)[key]) is list:
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
 
 
-def _name_key(message: str) -> str:
+def _merge_jobs(raw: dict[str, Any]) -> None:
+    """Lay the file's and environment's job tables over :data:`DEFAULT_JOBS`, key by key, and
+    check each job so that an error names it."""
+    section = raw.get("scheduler", {})
+    if not isinstance(section, dict) or "jobs" not in section:
+        return
+    given = section["jobs"]
+    if not isinstance(given, dict):
+        raise ConfigError("invalid configuration: scheduler.jobs must be a table of jobs")
+    jobs: dict[str, Any] = {name: dict(job) for name, job in DEFAULT_JOBS.items()}
+    for name, table in given.items():
+        where = f"scheduler.jobs.{name}"
+        if not JOB_NAME.fullmatch(name):
+            raise ConfigError(
+                f"invalid configuration: {where}: a job name is lowercase letters, digits, "
+                "'-' and '_'"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"invalid configuration: {where} must be a table")
+        jobs[name] = {**jobs.get(name, {}), **table}
+        try:
+            job = msgspec.convert(jobs[name], JobConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {_name_key(str(exc), where)}") from None
+        if not job.command:
+            raise ConfigError(f"invalid configuration: {where}.command must not be empty")
+        try:
+            parse_cron(job.schedule)
+        except CronError as exc:
+            raise ConfigError(f"invalid configuration: {where}.schedule: {exc}") from None
+    section["jobs"] = jobs
+
+
+def _name_key(message: str, root: str = "") -> str:
     """Turn msgspec's ``... - at `$.log.partitions``` into ``log.partitions: ...``."""
     head, sep, where = message.rpartition(" - at `$")
     if not sep:
-        return message
-    key = where.rstrip("`").lstrip(".")
+        head, where = message, ""
+        if not root:
+            return message
+    key = ".".join(filter(None, [root, where.rstrip("`").lstrip(".")]))
     if head.startswith("Object contains unknown field"):
         field = head.split("`")[1]
         return f"unknown key {'.'.join(filter(None, [key, field]))!r}"
@@ -227,8 +351,14 @@ def dump_config(config: Config) -> str:
             lines.append(f"{key} = {_toml_value(value)}")
     for section in SECTIONS:
         lines.append(f"\n[{section}]")
+        tables = {key for outer, key in NESTED if outer == section}
         for key, value in top[section].items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            if key not in tables:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key in tables:
+            for name, inner in top[section][key].items():
+                lines.append(f"\n[{section}.{key}.{name}]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in inner.items())
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mercato.aggregator.aggregator import Aggregator
@@ -213,3 +214,30 @@ def test_hours_the_archiver_has_not_passed_by_the_grace_stay_unsealed(
     assert current not in [h.hour for h in report.sealed]
     assert report.sealed_through is not None
     assert report.sealed_through <= current
+
+
+def test_seal_command_seals_then_finds_nothing_changed(tmp_path: Path) -> None:
+    from mercato.config import load_config
+    from mercato.log import open_log
+    from tests.test_cli import mercato
+
+    data = tmp_path / "data"
+    config = load_config(env={"MERCATO_DATA_DIR": str(data), "MERCATO_LOG_FSYNC": "false"})
+    with open_log(config) as log:
+        log.append(traffic(1_500))
+        with Archiver(log, config.archive_path, ArchiveConfig(flush_interval_seconds=0)) as a:
+            while a.poll():
+                pass
+            a.poll()
+    first = mercato("seal", "--format", "json", data_dir=data)
+    assert first.returncode == 0, first.stderr
+    report = msgspec.json.decode(first.stdout)
+    assert sum(h["events"] for h in report["sealed"]) == 1_500
+    assert report["sealed_through"] is not None
+    again = mercato("seal", data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert f"0 hour(s) sealed, {len(report['sealed'])} unchanged" in again.stdout
+    bad = mercato("seal", "--from", "yesterday", data_dir=data)
+    assert bad.returncode == 1
+    assert "--from takes a UTC hour" in bad.stderr
+    assert "Traceback" not in bad.stderr
