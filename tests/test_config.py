@@ -81,3 +81,100 @@ def test_missing_and_broken_files(tmp_path):
 def test_dump_reads_back(tmp_path):
     config = load_config(env={"MERCATO_LOG_PARTITIONS": "5"})
     assert load_config(write(tmp_path, dump_config(config)), env={}) == config
+
+
+# -- [scheduler] and its jobs --------------------------------------------------------------------
+
+
+def test_default_jobs():
+    jobs = load_config(env={}).scheduler.jobs
+    assert {name: (job.schedule, job.command) for name, job in jobs.items()} == {
+        "seal": ("*/5 * * * *", ["seal"]),
+        "compact": ("7 * * * *", ["archive", "compact", "--all"]),
+        "retention": ("30 3 * * *", ["log", "retention"]),
+        "drift": ("15 * * * *", ["drift"]),
+    }
+    assert all(job.enabled for job in jobs.values())
+
+
+def test_a_job_table_changes_adds_or_disables_jobs(tmp_path):
+    path = write(
+        tmp_path,
+        "[scheduler.jobs.seal]\nretries = 5\n"
+        "[scheduler.jobs.drift]\nenabled = false\n"
+        '[scheduler.jobs.report]\nschedule = "0 2 * * *"\ncommand = ["/opt/report.sh"]\n',
+    )
+    jobs = load_config(path, env={}).scheduler.jobs
+    assert (jobs["seal"].schedule, jobs["seal"].retries) == ("*/5 * * * *", 5)  # the rest kept
+    assert not jobs["drift"].enabled
+    assert jobs["report"].command == ["/opt/report.sh"]
+    assert jobs["report"].retries == 2
+    assert set(jobs) == {"seal", "compact", "retention", "drift", "report"}
+
+
+def test_scheduler_settings_and_jobs_from_environment():
+    config = load_config(
+        env={
+            "MERCATO_SCHEDULER_LEASE_SECONDS": "12.5",
+            "MERCATO_SCHEDULER_ON_ERROR_COMMAND": "/usr/bin/notify, --urgent",
+            "MERCATO_SCHEDULER_JOBS_SEAL_ENABLED": "false",
+            "MERCATO_SCHEDULER_JOBS_COMPACT_TIMEOUT_SECONDS": "60",
+            "MERCATO_SCHEDULER_JOBS_NIGHTLY_REPORT_SCHEDULE": "0 2 * * *",
+            "MERCATO_SCHEDULER_JOBS_NIGHTLY_REPORT_COMMAND": "/opt/report.sh,--all",
+        }
+    )
+    settings = config.scheduler
+    assert settings.lease_seconds == 12.5
+    assert settings.on_error_command == ["/usr/bin/notify", "--urgent"]
+    assert not settings.jobs["seal"].enabled
+    assert settings.jobs["compact"].timeout_seconds == 60
+    assert settings.jobs["nightly_report"].command == ["/opt/report.sh", "--all"]
+
+
+def test_the_error_hook_variables_are_not_configuration():
+    # an on_error_command that runs mercato again must not trip over them
+    env = {"MERCATO_JOB": "seal", "MERCATO_RUN_ID": "7", "MERCATO_ATTEMPT": "3"}
+    assert load_config(env={**env, "MERCATO_ERROR": "exit status 1"}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[scheduler.jobs.seal]\nschedule = "61 * * * *"\n',
+            "scheduler.jobs.seal.schedule: cron schedule '61 * * * *': minute field '61'",
+        ),
+        (
+            '[scheduler.jobs.nightly]\nschedule = "0 2 * *"\ncommand = ["x"]\n',
+            "scheduler.jobs.nightly.schedule: cron schedule '0 2 * *' has 4 field(s)",
+        ),
+        ('[scheduler.jobs.new]\ncommand = ["x"]\n', "scheduler.jobs.new: Object missing"),
+        ("[scheduler.jobs.seal]\ncommand = []\n", "scheduler.jobs.seal.command must not be empty"),
+        ("[scheduler.jobs.seal]\nretry = 1\n", "unknown key 'scheduler.jobs.seal.retry'"),
+        ("[scheduler.jobs.seal]\nretries = -1\n", "scheduler.jobs.seal.retries"),
+        ('[scheduler.jobs."My Job"]\n', "scheduler.jobs.My Job: a job name is lowercase"),
+        ("[scheduler]\njobs = 1\n", "scheduler.jobs must be a table of jobs"),
+        ("[scheduler]\ntick_seconds = 30\n", "tick_seconds (30.0) must be shorter than lease"),
+        ('[scheduler]\non_error_webhook = "example.com"\n', "on_error_webhook must be an http"),
+    ],
+)
+def test_invalid_scheduler_settings_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text), env={})
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_unknown_job_key_in_the_environment_is_named():
+    with pytest.raises(ConfigError, match="MERCATO_SCHEDULER_JOBS_SEAL_ENABLE:.*<NAME>_<KEY>"):
+        load_config(env={"MERCATO_SCHEDULER_JOBS_SEAL_ENABLE": "false"})
+
+
+def test_dump_with_jobs_reads_back(tmp_path):
+    path = write(
+        tmp_path,
+        '[scheduler.jobs.drift]\nenabled = false\n[scheduler.jobs.x]\nschedule = "@daily"\n'
+        'command = ["/bin/echo", "a \\"quoted\\" word"]\n',
+    )
+    config = load_config(path, env={})
+    assert load_config(write(tmp_path, dump_config(config)), env={}) == config

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from mercato.config import SECTIONS, Config
+from mercato.config import NESTED, SECTIONS, Config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,6 +19,10 @@ def config_keys() -> set[str]:
     keys = {name for name in Config.__struct_fields__ if name not in SECTIONS}
     for section, struct in SECTIONS.items():
         keys.update(f"{section}.{name}" for name in struct.__struct_fields__)
+    # Tables of tables (one table per job) are documented per key: scheduler.jobs.<name>.retries
+    for (section, table), struct in NESTED.items():
+        keys.remove(f"{section}.{table}")
+        keys.update(f"{section}.{table}.<name>.{name}" for name in struct.__struct_fields__)
     return keys
 
 
