@@ -19,6 +19,8 @@ Order of work, so a kill at any point leaves a readable archive and a rerun fini
 A rerun first deletes committed files contained in another committed file (left by a kill
 between 3 and 4) and temp files over an hour old. Compaction touches only committed files, so
 it can run while the archiver writes the same hour; run one compaction of an hour at a time.
+A reader that listed an hour's files before a compaction deleted its inputs finds them gone
+and must list again; jobs that read an hour (seal) and compact it should take turns.
 """
 
 from __future__ import annotations
