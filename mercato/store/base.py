@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -76,6 +76,27 @@ class JobRun(msgspec.Struct, frozen=True):
     output: str | None = None  # the tail of what the job printed
 
 
+class ServingChange(msgspec.Struct, frozen=True):
+    """One switch of the serving pointer (a promote or a rollback)."""
+
+    version: int
+    previous: int | None
+    changed_at: datetime
+
+
+class VersionTotal(msgspec.Struct, frozen=True):
+    """A merchant's final total of one metric over one period (for ``mercato diff``)."""
+
+    merchant_id: str
+    metric: str
+    period: int  # epoch seconds at which the period starts
+    count: int | None
+    sum: int | None
+    min: int | None
+    max: int | None
+    sketches: list[bytes]
+
+
 @runtime_checkable
 class Store(Protocol):
     """Where rollups, consumer offsets and definitions versions are kept (SQLite, memory)."""
@@ -100,6 +121,23 @@ class Store(Protocol):
 
         Raises :class:`~mercato.store.errors.UnknownVersionError` for an unregistered id.
         """
+        ...
+
+    def serving_history(self, limit: int = 20) -> list[ServingChange]:
+        """The latest switches of the serving pointer, newest first."""
+        ...
+
+    def drop_version(self, version: int) -> int:
+        """Delete every row, seal, watermark and aggregator offset of ``version`` and mark it
+        dropped; return the rows deleted. Refuses the serving version."""
+        ...
+
+    def final_totals(
+        self, version: int, start: int, end: int, period: int = 86_400
+    ) -> Iterator[VersionTotal]:
+        """Every merchant's final totals (``dimension = ""``) per metric and UTC period of
+        ``period`` seconds in ``[start, end)``: an operator's read across merchants, for
+        comparing versions; the query API never calls it."""
         ...
 
     def write(

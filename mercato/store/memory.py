@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +24,8 @@ from mercato.store.base import (
     DefinitionVersion,
     JobRun,
     SealedHour,
+    ServingChange,
+    VersionTotal,
     check_timezone,
     conform_partials,
     metric_names,
@@ -31,6 +33,7 @@ from mercato.store.base import (
 from mercato.store.errors import (
     InvalidPartialsError,
     StoreClosedError,
+    StoreError,
     StoreWriteError,
     UnknownJobRunError,
     UnknownVersionError,
@@ -45,6 +48,7 @@ class MemoryStore:
         self._closed = False
         self._versions: list[DefinitionVersion] = []
         self._serving: int | None = None
+        self._history: list[ServingChange] = []
         self._rollups: dict[tuple[int, str], pa.Table] = {}
         self._final: dict[tuple[int, str], pa.Table] = {}
         self._sealed: dict[int, dict[int, SealedHour]] = {}
@@ -77,7 +81,55 @@ class MemoryStore:
     def set_serving_version(self, version: int) -> None:
         with self._lock:
             self._check_version(version)
-            self._serving = version
+            if self._serving != version:
+                change = ServingChange(version, self._serving, datetime.now(UTC))
+                self._history.insert(0, change)
+                self._serving = version
+
+    def serving_history(self, limit: int = 20) -> list[ServingChange]:
+        with self._lock:
+            self._check_open()
+            return self._history[:limit]
+
+    def drop_version(self, version: int) -> int:
+        with self._lock:
+            self._check_version(version)
+            if self._serving == version:
+                raise StoreError(f"version {version} is serving: promote another one first")
+            dropped = 0
+            for tables in (self._rollups, self._final):
+                for key in [k for k in tables if k[0] == version]:
+                    dropped += tables.pop(key).num_rows
+            self._sealed.pop(version, None)
+            for mark in [k for k in self._watermarks if k[1] == version]:
+                del self._watermarks[mark]
+            index = next(i for i, v in enumerate(self._versions) if v.id == version)
+            entry = self._versions[index]
+            self._versions[index] = msgspec.structs.replace(entry, state="dropped")
+            self._offsets.pop(f"aggregator/{entry.hash}", None)
+            return dropped
+
+    def final_totals(
+        self, version: int, start: int, end: int, period: int = 86_400
+    ) -> Iterator[VersionTotal]:
+        with self._lock:
+            self._check_open()
+            tables = [t for k, t in sorted(self._final.items()) if k[0] == version]
+        cells: dict[tuple[str, str, int], list[Any]] = {}
+        for table in tables:
+            for r in table.to_pylist():
+                if r["dimension"] or not start <= r["bucket"] < end:
+                    continue
+                key = (r["merchant_id"], r["metric"], r["bucket"] - r["bucket"] % period)
+                cell = cells.setdefault(key, [None, None, None, None, []])
+                for i, name, pick in ((0, "count", _add), (1, "sum", _add), (2, "min", min),
+                                      (3, "max", max)):  # fmt: skip
+                    if r[name] is not None:
+                        cell[i] = r[name] if cell[i] is None else pick(cell[i], r[name])
+                if r["sketch"] is not None:
+                    cell[4].append(r["sketch"])
+        for key in sorted(cells):
+            yield VersionTotal(*key, *cells[key])
 
     def write(
         self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
@@ -294,3 +346,7 @@ class MemoryStore:
         self._check_open()
         if not any(v.id == version for v in self._versions):
             raise UnknownVersionError(version)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b

@@ -53,6 +53,7 @@ from mercato.store.errors import (
     UnknownVersionError,
 )
 from mercato.store.sqlite_jobs import SqliteJobs
+from mercato.store.sqlite_versions import SqliteVersions
 
 if TYPE_CHECKING:
     from mercato.config import StoreConfig
@@ -157,6 +158,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # a seal replaces an hour of final rows across merchants
         "CREATE INDEX final_rollups_by_bucket ON final_rollups (version, bucket)",
     ),
+    (  # 3: promote and rollback
+        """
+        CREATE TABLE serving_changes (
+            id         INTEGER PRIMARY KEY,
+            version    INTEGER NOT NULL,
+            previous   INTEGER,
+            changed_at INTEGER NOT NULL  -- epoch milliseconds
+        )
+        """,
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -201,7 +212,7 @@ def _merge_two(left: bytes, right: bytes) -> bytes | None:
         raise
 
 
-class SqliteStore(SqliteJobs):
+class SqliteStore(SqliteJobs, SqliteVersions):
     """The store in one SQLite file at ``path``, created and migrated on open."""
 
     def __init__(self, path: Path, config: StoreConfig) -> None:
@@ -249,10 +260,18 @@ class SqliteStore(SqliteJobs):
     def set_serving_version(self, version: int) -> None:
         with self._connection() as db, _transaction(db):
             _check_version(db, version)
+            row = db.execute("SELECT version FROM serving_version").fetchone()
+            previous = None if row is None else int(row[0])
+            if previous == version:
+                return
             db.execute(
                 "INSERT INTO serving_version (singleton, version) VALUES (1, ?)"
                 " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
                 (version,),
+            )
+            db.execute(
+                "INSERT INTO serving_changes (version, previous, changed_at) VALUES (?, ?, ?)",
+                (version, previous, _now_ms()),
             )
 
     # -- rollups and offsets ----------------------------------------------------------------

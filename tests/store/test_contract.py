@@ -16,6 +16,7 @@ from mercato.store.errors import (
     InvalidPartialsError,
     InvalidTimezoneError,
     StoreClosedError,
+    StoreError,
     StoreWriteError,
     UnknownJobRunError,
     UnknownVersionError,
@@ -294,6 +295,68 @@ def test_watermarks_per_name_and_version(store_factory: StoreFactory) -> None:
     store.set_watermark("other", v, 1)
     assert store.watermark("sealed_through", v) == 7200
     assert store.watermark("sealed_through", v + 1) is None
+
+
+def test_serving_switches_are_recorded_for_rollback(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v1, v2 = store.register_version("a", "{}"), store.register_version("b", "{}")
+    store.set_serving_version(v1)
+    store.set_serving_version(v1)  # not a change
+    store.set_serving_version(v2)
+    store.set_serving_version(v1)
+    history = [(c.version, c.previous) for c in store.serving_history()]
+    assert history == [(v1, v2), (v2, v1), (v1, None)]
+    assert len(store.serving_history(limit=1)) == 1
+
+
+def test_dropping_a_version_deletes_its_rows_and_keeps_the_others(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v1, v2 = store.register_version("a", "{}"), store.register_version("b", "{}")
+    store.set_serving_version(v1)
+    for v in (v1, v2):
+        store.write(v, "aggregator/b", partials(row(bucket=0, count=v)), {0: 5})
+        store.write_sealed_hour(v, 0, partials(row(bucket=0, count=v)), "fp", 1)
+        store.set_watermark("sealed_through", v, 3600)
+    with pytest.raises(StoreError, match="serving"):
+        store.drop_version(v1)
+    assert store.drop_version(v2) == 2
+    assert read_rows(store, v2, "m1", ["orders"]) == []
+    assert store.sealed_hours(v2) == {}
+    assert store.watermark("sealed_through", v2) is None
+    assert store.offsets("aggregator/b") == {}
+    assert [v.state for v in store.versions()] == ["registered", "dropped"]
+    assert read_rows(store, v1, "m1", ["orders"]) == [row(bucket=0, count=v1)]
+
+
+def test_final_totals_per_merchant_metric_and_day(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write_sealed_hour(
+        v,
+        0,
+        partials(
+            row("m1", "revenue", bucket=0, count=1, sum=10, min=10, max=10),
+            row("m1", "revenue", bucket=900, count=2, sum=5, min=1, max=4),
+            row("m1", "revenue", "channel", "web", bucket=0, count=1, sum=10),
+            row("m2", "customers", bucket=0, count=3, sketch=hll(["a", "b"])),
+        ),
+        "fp",
+        6,
+    )
+    store.write_sealed_hour(
+        v, 86_400, partials(row("m1", "revenue", bucket=86_400, count=1, sum=7)), "fp", 1
+    )
+    totals = list(store.final_totals(v, 0, 2 * 86_400))
+    assert [(t.merchant_id, t.metric, t.period, t.count, t.sum, t.min, t.max) for t in totals] == [
+        ("m1", "revenue", 0, 3, 15, 1, 10),
+        ("m1", "revenue", 86_400, 1, 7, None, None),
+        ("m2", "customers", 0, 3, None, None, None),
+    ]
+    assert [len(t.sketches) for t in totals] == [0, 0, 1]
+    hourly = store.final_totals(v, 0, 86_400, period=3600)
+    assert [(t.merchant_id, t.period, t.count) for t in hourly] == [("m1", 0, 3), ("m2", 0, 3)]
 
 
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
