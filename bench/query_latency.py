@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from benchstats import summary
 
+from mercato.batch.versions import register
 from mercato.config import StoreConfig
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import PARTIAL_SCHEMA
@@ -153,7 +154,7 @@ def main() -> None:
         data = Path(tmp)
         store = SqliteStore(data / "store.sqlite3", StoreConfig())
         definitions = load_definitions()
-        version = store.register_version(definitions.version, "{}")
+        version = register(store, definitions)
         store.set_serving_version(version)
         built = time.perf_counter()
         rows = fill(store, version, args.merchants, args.buckets)

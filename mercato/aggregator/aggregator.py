@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -53,6 +53,7 @@ class Aggregator:
         partitions: Sequence[int] | None = None,
         max_batch_records: int = 50_000,
         dedup_window: int = 200_000,
+        start_offsets: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
@@ -72,7 +73,12 @@ class Aggregator:
             store.set_serving_version(self.version)
         self.consumer = f"aggregator/{definitions.version}"
         stored = store.offsets(self.consumer)
-        self.positions = {p: stored.get(p, log.start_offset(p)) for p in self.partitions}
+        # a consumer new to the store starts at start_offsets (a promote's replay) or at
+        # the beginning of the log
+        first = start_offsets or {}
+        self.positions = {
+            p: stored.get(p, max(first.get(p, 0), log.start_offset(p))) for p in self.partitions
+        }
         self.windows = {p: DedupWindow(dedup_window) for p in self.partitions}
         for p in self.partitions:
             self._refill_window(p, dedup_window)

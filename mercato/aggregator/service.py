@@ -6,55 +6,98 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 
 from mercato.aggregator.aggregator import Aggregator
+from mercato.batch.seal import SEALED_THROUGH
+from mercato.batch.versions import REPLAY_MARGIN, definitions_of, replay_start, serving
 from mercato.config import Config
 from mercato.log import open_log
+from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
 from mercato.store import open_store
+from mercato.store.base import Store
 
 logger = logging.getLogger("mercato.aggregator")
 
 REPORT_SECONDS = 10.0
+SERVING_CHECK_SECONDS = 1.0
 
 
 def serve(config: Config, *, announce: bool = True) -> None:
-    """Aggregate until SIGINT or SIGTERM; the batch in progress is finished first."""
+    """Aggregate until SIGINT or SIGTERM; the batch in progress is finished first.
+
+    The aggregator runs the *serving* definitions version (the configured definitions start
+    serving when none does yet), and switches when a promote or rollback changes it.
+    """
     settings = config.aggregator
-    definitions = load_definitions(settings.definitions or None)
+    configured = load_definitions(settings.definitions or None)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     log = open_log(config)
     try:
         with open_store(config) as store:
-            aggregator = Aggregator(
-                log,
-                store,
-                definitions,
-                partitions=settings.partitions or None,
-                max_batch_records=settings.max_batch_records,
-                dedup_window=settings.dedup_window,
-            )
-            if announce:
-                print(
-                    f"mercato aggregator: partitions {aggregator.partitions} of {log.partitions}, "
-                    f"definitions {definitions.version} (version {aggregator.version}), "
-                    f"store {config.store_path}",
-                    flush=True,
+            version, definitions = serving(store, configured)
+            if definitions.version != configured.version:
+                logger.warning(
+                    "the configured definitions (%s) are not the serving version %d (%s): "
+                    "serving wins; change definitions with `mercato reprocess` and "
+                    "`mercato promote`",
+                    configured.version,
+                    version,
+                    definitions.version,
                 )
-            _run(aggregator, stop, settings.idle_sleep_ms / 1000)
+            while not stop.is_set():
+                aggregator = _aggregator(config, log, store, version)
+                if announce:
+                    print(
+                        f"mercato aggregator: partitions {aggregator.partitions} of "
+                        f"{log.partitions}, definitions {aggregator.definitions.version} "
+                        f"(version {aggregator.version}), store {config.store_path}",
+                        flush=True,
+                    )
+                version = _run(aggregator, stop, settings.idle_sleep_ms / 1000)
     finally:
         log.close()
 
 
-def _run(aggregator: Aggregator, stop: threading.Event, idle_sleep: float) -> None:
-    reported = time.monotonic()
+def _aggregator(config: Config, log: Log, store: Store, version: int) -> Aggregator:
+    """An aggregator for ``version``; a consumer new to the store replays the log from a
+    little before the version's seal watermark (everything before it is served final)."""
+    definitions = definitions_of(store, version)
+    through = store.watermark(SEALED_THROUGH, version)
+    starts = None
+    if through is not None and not store.offsets(f"aggregator/{definitions.version}"):
+        since = datetime.fromtimestamp(through, UTC) - REPLAY_MARGIN
+        starts = {p: replay_start(log, p, since) for p in range(log.partitions)}
+    return Aggregator(
+        log,
+        store,
+        definitions,
+        partitions=config.aggregator.partitions or None,
+        max_batch_records=config.aggregator.max_batch_records,
+        dedup_window=config.aggregator.dedup_window,
+        start_offsets=starts,
+    )
+
+
+def _run(aggregator: Aggregator, stop: threading.Event, idle_sleep: float) -> int:
+    """Poll until stopped or the serving version changes; return the serving version."""
+    reported = checked = time.monotonic()
+    version = aggregator.version
     while not stop.is_set():
         if aggregator.poll() == 0 and not any(aggregator.lag().values()):
             stop.wait(idle_sleep)
-        if time.monotonic() - reported >= REPORT_SECONDS:
-            reported = time.monotonic()
+        now = time.monotonic()
+        if now - checked >= SERVING_CHECK_SECONDS:
+            checked = now
+            serving_now = aggregator.store.serving_version()
+            if serving_now is not None and serving_now != version:
+                logger.info("version %d serves now: switching from %d", serving_now, version)
+                return serving_now
+        if now - reported >= REPORT_SECONDS:
+            reported = now
             stats = aggregator.stats
             logger.info(
                 "events %d, duplicates %d, invalid %d, lag %s, dedup window %d ids (%d MB)",
@@ -65,3 +108,4 @@ def _run(aggregator: Aggregator, stop: threading.Event, idle_sleep: float) -> No
                 stats.dedup_ids,
                 stats.dedup_bytes // 1_000_000,
             )
+    return version

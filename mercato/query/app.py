@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from mercato.batch.versions import definitions_of
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import Definitions, Metric
 from mercato.query.openapi import DOCS_HTML, openapi
@@ -86,7 +87,8 @@ class QueryApi:
     ) -> None:
         self.config = config
         self.store = store
-        self.definitions = definitions
+        self.definitions = definitions  # until a version serves; then the serving version's
+        self._versions: dict[int, Definitions] = {}
         self.signer = signer
         self._admin_token = admin_token
         self._clock = clock
@@ -140,13 +142,17 @@ class QueryApi:
         self.limiter.check(merchant)
         version = self._cached(("version", ""), self.store.serving_version)
         if version is None:
-            return MerchantView(self.store, -1, merchant)
+            return MerchantView(self.store, -1, merchant, None, self.definitions)
         # keyed by version, so a promote never pairs one version with another's watermark
+        # or definitions
         sealed = self._cached(
             ("sealed_through", str(version)),
             lambda: self.store.watermark("sealed_through", version),
         )
-        return MerchantView(self.store, version, merchant, sealed)
+        definitions = self._versions.get(version)
+        if definitions is None:
+            definitions = self._versions[version] = definitions_of(self.store, version)
+        return MerchantView(self.store, version, merchant, sealed, definitions)
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
         """``load()``, reused for a second: the serving version and merchants' zones change
@@ -165,8 +171,8 @@ class QueryApi:
         if not hmac.compare_digest(self._bearer(request), self._admin_token):
             raise ApiError(403, "forbidden", "this endpoint needs the admin token")
 
-    def _metric(self, name: str) -> Metric:
-        metric = self.definitions.metrics.get(name)
+    def _metric(self, view: MerchantView, name: str) -> Metric:
+        metric = view.definitions.metrics.get(name)
         if metric is None:
             raise ApiError(404, "not_found", f"no metric named {name!r}")
         return metric
@@ -174,7 +180,7 @@ class QueryApi:
     # -- merchant endpoints -------------------------------------------------------------------
 
     async def catalogue(self, request: Request) -> Response:
-        self._merchant(request)
+        definitions = self._merchant(request).definitions
         metrics = [
             {
                 "name": m.name,
@@ -184,13 +190,13 @@ class QueryApi:
                 "dimensions": m.dimensions,
                 **({"quantiles": m.quantiles} if m.kind == "percentile" else {}),
             }
-            for m in self.definitions.content.metrics
+            for m in definitions.content.metrics
         ]
-        return _json({"version": self.definitions.version, "metrics": metrics})
+        return _json({"version": definitions.version, "metrics": metrics})
 
     async def metric(self, request: Request) -> Response:
         view = self._merchant(request)
-        metric = self._metric(request.path_params["name"])
+        metric = self._metric(view, request.path_params["name"])
         query = request.query_params
         zone = self._zone(view, query.get("tz"))
         granularity = query.get("granularity", "day")
@@ -239,7 +245,7 @@ class QueryApi:
                 f"{len(bounds) - 1} periods; at most {self.config.max_points}: "
                 "use a coarser granularity or a shorter range",
             )
-        series = timeseries(view, self.definitions, metric, bounds, group_by, top)
+        series = timeseries(view, view.definitions, metric, bounds, group_by, top)
         return {
             "metric": metric.name,
             "kind": metric.kind,
@@ -269,11 +275,11 @@ class QueryApi:
         now, then = _epochs(start, end), _epochs(before_start, before_end)
         kpis = []
         for name in self.config.overview:
-            metric = self.definitions.metrics.get(name)
+            metric = view.definitions.metrics.get(name)
             if metric is None or metric.kind == "percentile":
                 continue
-            value = timeseries(view, self.definitions, metric, now)[0].values[0]
-            previous = timeseries(view, self.definitions, metric, then)[0].values[0]
+            value = timeseries(view, view.definitions, metric, now)[0].values[0]
+            previous = timeseries(view, view.definitions, metric, then)[0].values[0]
             change = (
                 round((value - previous) / previous, 4)
                 if isinstance(value, int | float) and isinstance(previous, int | float) and previous

@@ -31,13 +31,26 @@ class MerchantView:
     """Reads of one merchant's rollups for one definitions version."""
 
     def __init__(
-        self, store: Store, version: int, merchant_id: str, sealed_through: int | None = None
+        self,
+        store: Store,
+        version: int,
+        merchant_id: str,
+        sealed_through: int | None = None,
+        definitions: Definitions | None = None,
     ) -> None:
         self._store = store
         self._version = version
         self.merchant_id = merchant_id
         self.sealed_through = sealed_through
         """Epoch seconds before which rows are final (the batch layer's), None: none are."""
+        self._definitions = definitions
+
+    @property
+    def definitions(self) -> Definitions:
+        """The definitions of the version this view reads."""
+        if self._definitions is None:
+            raise ValueError("this view was made without its definitions")
+        return self._definitions
 
     def rows(self, metrics: Sequence[str], start: int, end: int, dimension: str = "") -> list[Row]:
         """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from mercato.batch.versions import register
 from mercato.config import StoreConfig
 from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
@@ -65,7 +66,7 @@ def fill(data: Path) -> None:
         for i in range(96)  # 4 days, 48 orders each
     ]
     with SqliteStore(data / "store.sqlite3", StoreConfig()) as store:
-        version = store.register_version(definitions.version, "{}")
+        version = register(store, definitions)
         store.set_serving_version(version)
         table = BatchBuilder(definitions).batch([encode_event(e) for e in events])
         store.write(version, "test", rollup(table, definitions), {})

@@ -1,0 +1,320 @@
+"""``mercato seal|reprocess|diff|promote|rollback|versions``: the batch layer's commands.
+
+Thin: each parses its options and calls :mod:`mercato.batch.seal` or
+:mod:`mercato.batch.versions`. Every one is idempotent, so a scheduler, Airflow or a
+Kubernetes CronJob may run it again after a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
+
+import click
+import msgspec
+from rich.table import Table
+
+from mercato.batch.engine import Engine, open_engine
+from mercato.batch.seal import SealReport
+from mercato.batch.seal import seal as seal_hours
+from mercato.batch.versions import (
+    DiffRow,
+    PromoteReport,
+    definitions_of,
+    diff,
+    promote,
+    prune,
+    reprocess,
+    rollback,
+    serving,
+)
+from mercato.clitools import console, context_config, friendly, progress
+from mercato.config import Config
+from mercato.errors import MercatoError
+from mercato.log import open_log
+from mercato.metrics.definitions import load_definitions
+from mercato.store import open_store
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+
+
+@click.command()
+@click.option("--from", "start", help="First UTC hour to consider, YYYY-MM-DD[THH].")
+@click.option("--to", "end", help="UTC hour to stop before, YYYY-MM-DD[THH].")
+@click.option("--force", is_flag=True, help="Recompute hours whose archive has not changed too.")
+@FORMAT
+@click.pass_context
+@friendly
+def seal(ctx: click.Context, start: str | None, end: str | None, force: bool, fmt: str) -> None:
+    """Recompute complete hours exactly from the archive and serve them as final.
+
+    Seals the serving definitions version. An hour is complete once the archiver has passed
+    its end by [batch] grace_minutes. Hours sealed before are skipped unless late events
+    changed their archive; safe to repeat.
+    """
+    config = context_config(ctx)
+    with open_store(config) as store, _engine(config) as engine, progress("sealing") as advance:
+        _, definitions = serving(store, load_definitions(config.aggregator.definitions or None))
+        report = seal_hours(
+            store,
+            config.archive_path,
+            definitions,
+            engine,
+            grace=_grace(config),
+            start=parse_hour_option("--from", start),
+            end=parse_hour_option("--to", end),
+            force=force,
+            progress=advance,
+        )
+    _print_seal(report, fmt)
+
+
+@click.command("reprocess")
+@click.option("--from", "start", required=True, help="First UTC hour, YYYY-MM-DD[THH].")
+@click.option("--to", "end", required=True, help="UTC hour to stop before, YYYY-MM-DD[THH].")
+@click.option(
+    "--definitions",
+    "path",
+    type=click.Path(dir_okay=False),
+    help="Metric definitions to reprocess with (default: the configured ones).",
+)
+@FORMAT
+@click.pass_context
+@friendly
+def reprocess_command(ctx: click.Context, start: str, end: str, path: str | None, fmt: str) -> None:
+    """Build a shadow version from the archive (served by nobody until promoted)."""
+    config = context_config(ctx)
+    definitions = load_definitions(path or config.aggregator.definitions or None)
+    with open_store(config) as store, _engine(config) as engine, progress("reprocessing") as bar:
+        report = reprocess(
+            store,
+            config.archive_path,
+            definitions,
+            engine,
+            start=parse_hour_option("--from", start),
+            end=parse_hour_option("--to", end),
+            grace=_grace(config),
+            progress=bar,
+        )
+        serving_now = store.serving_version()
+    _print_seal(report, fmt)
+    if fmt == "table":
+        role = "serving" if report.version == serving_now else "shadow"
+        console.print(
+            f"version {report.version} ({role}, definitions {definitions.version}); next: "
+            f"mercato diff {report.version}, then mercato promote {report.version}",
+            highlight=False,
+        )
+
+
+@click.command("diff")
+@click.argument("version", type=int)
+@click.option("--against", type=int, help="Version to compare with (default: the serving one).")
+@click.option("--from", "start", help="First UTC day, YYYY-MM-DD (default: 30 days ago).")
+@click.option("--to", "end", help="UTC day to stop before, YYYY-MM-DD (default: tomorrow).")
+@click.option("--limit", type=int, default=200, show_default=True, help="Most rows shown.")
+@FORMAT
+@click.pass_context
+@friendly
+def diff_command(
+    ctx: click.Context,
+    version: int,
+    against: int | None,
+    start: str | None,
+    end: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """Final values per merchant, metric and UTC day where VERSION differs."""
+    config = context_config(ctx)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = parse_hour_option("--from", start) or today - timedelta(days=30)
+    last = parse_hour_option("--to", end) or today + timedelta(days=1)
+    with open_store(config) as store:
+        old = against if against is not None else store.serving_version()
+        if old is None:
+            raise MercatoError("no version serves yet: name one with --against")
+        definitions_of(store, version)  # one clear error for an unknown version
+        rows = list(diff(store, old, version, first, last))
+    if fmt == "json":
+        body = {"old": old, "new": version, "rows": rows[:limit], "differences": len(rows)}
+        click.echo(msgspec.json.encode(body).decode())
+        return
+    _print_diff(rows, old, version, limit)
+
+
+@click.command("promote")
+@click.argument("version", type=int)
+@FORMAT
+@click.pass_context
+@friendly
+def promote_command(ctx: click.Context, version: int, fmt: str) -> None:
+    """Make VERSION serve: seal what it lacks, replay the log into its speed layer, switch."""
+    config = context_config(ctx)
+    with (
+        open_store(config) as store,
+        closing(open_log(config)) as log,
+        _engine(config) as engine,
+        progress("promoting") as bar,
+    ):
+        report = promote(
+            store, log, config.archive_path, version, engine, grace=_grace(config), progress=bar
+        )
+    _print_promote(report, fmt)
+
+
+@click.command("rollback")
+@FORMAT
+@click.pass_context
+@friendly
+def rollback_command(ctx: click.Context, fmt: str) -> None:
+    """Make the version that served before the last promote serve again."""
+    config = context_config(ctx)
+    with (
+        open_store(config) as store,
+        closing(open_log(config)) as log,
+        _engine(config) as engine,
+        progress("rolling back") as bar,
+    ):
+        report = rollback(
+            store, log, config.archive_path, engine, grace=_grace(config), progress=bar
+        )
+    _print_promote(report, fmt)
+
+
+@click.group("versions")
+def versions_group() -> None:
+    """Definitions versions: list them, drop old ones."""
+
+
+@versions_group.command("list")
+@FORMAT
+@click.pass_context
+@friendly
+def versions_list(ctx: click.Context, fmt: str) -> None:
+    """Every definitions version, with the serving one marked."""
+    with open_store(context_config(ctx)) as store:
+        serving_now = store.serving_version()
+        rows = [
+            {
+                "id": v.id,
+                "definitions": v.hash,
+                "created_at": v.created_at.isoformat(timespec="seconds"),
+                "state": "serving" if v.id == serving_now else v.state,
+                "sealed_hours": len(store.sealed_hours(v.id)),
+            }
+            for v in store.versions()
+        ]
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    table = Table("id", "definitions", "created (UTC)", "state", "sealed hours")
+    for r in rows:
+        table.add_row(*(str(r[k]) for k in r))
+    console.print(table)
+
+
+@versions_group.command("prune")
+@click.option("--days", type=float, default=7, show_default=True,
+              help="Drop versions that have not served for this long.")  # fmt: skip
+@click.pass_context
+@friendly
+def versions_prune(ctx: click.Context, days: float) -> None:
+    """Drop old versions (never the serving one, nor the rollback target)."""
+    with open_store(context_config(ctx)) as store:
+        dropped = prune(store, timedelta(days=days))
+    console.print(
+        f"dropped version(s) {', '.join(map(str, dropped))}" if dropped else "nothing to drop",
+        highlight=False,
+    )
+
+
+COMMANDS = [
+    seal,
+    reprocess_command,
+    diff_command,
+    promote_command,
+    rollback_command,
+    versions_group,
+]
+
+
+def parse_hour_option(name: str, text: str | None) -> datetime | None:
+    """A ``--from``/``--to`` value: ``YYYY-MM-DDTHH`` or ``YYYY-MM-DD``, in UTC."""
+    if text is None:
+        return None
+    for pattern in ("%Y-%m-%dT%H", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise MercatoError(f"{name} takes a UTC hour YYYY-MM-DDTHH or a date YYYY-MM-DD, not {text!r}")
+
+
+@contextmanager
+def _engine(config: Config) -> Iterator[Engine]:
+    engine = open_engine(
+        config.batch.engine, threads=config.batch.threads, chunk_rows=config.batch.chunk_rows
+    )
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _grace(config: Config) -> timedelta:
+    return timedelta(minutes=config.batch.grace_minutes)
+
+
+def _print_seal(report: SealReport, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(msgspec.json.encode(report).decode())
+        return
+    for hour in report.sealed:
+        console.print(
+            f"sealed {hour.hour:%Y-%m-%d %H}:00  {hour.events:>10,} events  "
+            f"{hour.partials:>9,} rows  {hour.seconds:6.2f} s"
+            + ("  (late events)" if hour.resealed else ""),
+            highlight=False,
+        )
+    through = report.sealed_through
+    console.print(
+        f"{len(report.sealed)} hour(s) sealed, {report.unchanged} unchanged; final through "
+        + (f"{through:%Y-%m-%d %H:%M} UTC" if through else "nothing yet"),
+        highlight=False,
+    )
+
+
+def _print_promote(report: PromoteReport, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(msgspec.json.encode(report).decode())
+        return
+    replay = f"{report.replay_from:%Y-%m-%d %H:%M} UTC" if report.replay_from else "the start"
+    console.print(
+        f"version {report.version} serves now (was {report.previous}); "
+        f"{len(report.sealed.sealed)} hour(s) sealed on the way, "
+        f"{report.replayed_events:,} events replayed from {replay} into its speed layer",
+        highlight=False,
+    )
+
+
+def _print_diff(rows: list[DiffRow], old: int, new: int, limit: int) -> None:
+    if not rows:
+        console.print(f"versions {old} and {new} agree on every final value in the range")
+        return
+    table = Table("merchant", "metric", "day (UTC)", f"v{old}", f"v{new}", "change")
+    for r in rows[:limit]:
+        change = (
+            f"{(r.new - r.old) / r.old:+.1%}"
+            if isinstance(r.old, int | float) and isinstance(r.new, int | float) and r.old
+            else ""
+        )
+        table.add_row(r.merchant_id, r.metric, r.day, _show(r.old), _show(r.new), change)
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"… and {len(rows) - limit:,} more (--limit, or --format json)")
+
+
+def _show(value: float | int | None) -> str:
+    return "—" if value is None else f"{value:,}"

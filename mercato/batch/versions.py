@@ -1,0 +1,277 @@
+"""Definitions versions over time: reprocess into a shadow version, diff, promote, roll back.
+
+A version is a set of metric definitions (its id in the store; its content hash names it).
+The query API serves exactly one, the **serving** version, read once per request, so an
+answer never mixes versions. Changing a metric's logic goes:
+
+1. ``reprocess``: seal the chosen hours from the archive with the new definitions into their
+   own version (a *shadow*: stored beside the serving one, served by nobody);
+2. ``diff``: per merchant, metric and day, the old and new final values;
+3. ``promote``: complete the shadow (seal every complete hour it lacks), **replay the log**
+   into its speed layer from a little before its seal watermark (so the hours not sealed yet
+   are recomputed with the new definitions too), then swap the serving pointer in one store
+   transaction. The running aggregator notices the swap and carries on with the new version
+   from the offsets the replay stored; ``rollback`` does the same for the previous version.
+
+Old versions are dropped by :func:`prune` once they have not served for the retention.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from mercato.aggregator.aggregator import Aggregator
+from mercato.archive.layout import Root
+from mercato.batch.engine import Engine
+from mercato.batch.errors import BatchError
+from mercato.batch.seal import SEALED_THROUGH, SealReport, seal
+from mercato.events.model import decode_event
+from mercato.log.base import Log
+from mercato.metrics.definitions import Definitions, Metric, parse_definitions
+from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
+from mercato.store.base import Store, VersionTotal
+
+logger = logging.getLogger("mercato.batch")
+
+# Events whose time is in a bucket the speed layer must hold may have been received a little
+# before the bucket starts (client clocks run ahead): replay from this much earlier.
+REPLAY_MARGIN = timedelta(hours=1)
+DROPPED = "dropped"
+
+Progress = Callable[[int, int], None]
+
+
+class VersionError(BatchError):
+    """A version is unknown or cannot be switched to."""
+
+
+class PromoteReport(msgspec.Struct):
+    version: int
+    previous: int | None
+    sealed: SealReport
+    replayed_events: int
+    replay_from: datetime | None
+
+
+class DiffRow(msgspec.Struct, frozen=True):
+    merchant_id: str
+    metric: str
+    day: str  # UTC date
+    old: float | int | None
+    new: float | int | None
+
+
+def register(store: Store, definitions: Definitions) -> int:
+    text = msgspec.json.encode(msgspec.to_builtins(definitions.content)).decode()
+    return store.register_version(definitions.version, text)
+
+
+def definitions_of(store: Store, version: int) -> Definitions:
+    """The definitions of a registered version, from the text the store keeps."""
+    for known in store.versions():
+        if known.id == version:
+            if known.state == DROPPED:
+                raise VersionError(f"version {version} was dropped")
+            return parse_definitions(known.text, source=f"definitions version {version}")
+    raise VersionError(f"there is no definitions version {version}: see `mercato versions`")
+
+
+def serving(store: Store, fallback: Definitions) -> tuple[int, Definitions]:
+    """The serving version and its definitions; with none yet, ``fallback`` starts serving."""
+    version = store.serving_version()
+    if version is None:
+        version = register(store, fallback)
+        store.set_serving_version(version)
+        return version, fallback
+    return version, definitions_of(store, version)
+
+
+def reprocess(
+    store: Store,
+    archive: Root,
+    definitions: Definitions,
+    engine: Engine,
+    *,
+    start: datetime | None,
+    end: datetime | None,
+    grace: timedelta,
+    progress: Progress | None = None,
+) -> SealReport:
+    """Seal every complete hour in ``[start, end)`` with ``definitions`` into their version,
+    recomputing hours sealed before (the serving version is not touched unless these are
+    its definitions)."""
+    return seal(
+        store, archive, definitions, engine, grace=grace, start=start, end=end, force=True,
+        progress=progress,
+    )  # fmt: skip
+
+
+def replay_start(log: Log, partition: int, since: datetime) -> int:
+    """The first offset of ``partition`` received at or after ``since`` (binary search: the
+    log is in arrival order)."""
+    low, high = log.start_offset(partition), log.end_offset(partition)
+    while low < high:
+        middle = (low + high) // 2
+        entries = log.read(partition, middle, 1)
+        if not entries:
+            return middle
+        try:
+            received = decode_event(entries[0].value).received_at
+        except msgspec.MsgspecError:
+            received = None  # undecodable: decide by its neighbour
+            after = log.read(partition, middle + 1, 1) if middle + 1 < high else []
+            if after:
+                try:
+                    received = decode_event(after[0].value).received_at
+                except msgspec.MsgspecError:
+                    received = None
+        if received is not None and received < since:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def catch_up(
+    log: Log,
+    store: Store,
+    definitions: Definitions,
+    since: datetime | None,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Bring ``definitions``' speed layer to the end of the log; a consumer new to the store
+    starts at records received from ``since`` (None: the beginning of the log). Returns the
+    events counted."""
+    starts = {p: replay_start(log, p, since) for p in range(log.partitions)} if since else None
+    aggregator = Aggregator(log, store, definitions, start_offsets=starts)
+    total = sum(aggregator.lag().values())
+    done = 0
+    while consumed := aggregator.poll():
+        done += consumed
+        if progress is not None:
+            progress(done, total)
+    return aggregator.stats.events
+
+
+def promote(
+    store: Store,
+    log: Log,
+    archive: Root,
+    version: int,
+    engine: Engine,
+    *,
+    grace: timedelta,
+    progress: Progress | None = None,
+) -> PromoteReport:
+    """Make ``version`` serve (see the module docs); a no-op switch if it already does."""
+    definitions = definitions_of(store, version)
+    sealed = seal(store, archive, definitions, engine, grace=grace, progress=progress)
+    through = store.watermark(SEALED_THROUGH, version)
+    since = datetime.fromtimestamp(through, UTC) - REPLAY_MARGIN if through else None
+    replayed = catch_up(log, store, definitions, since, progress=progress)
+    previous = store.serving_version()
+    store.set_serving_version(version)
+    logger.info("version %d serves now (was %s)", version, previous)
+    return PromoteReport(version, previous, sealed, replayed, since)
+
+
+def rollback(
+    store: Store,
+    log: Log,
+    archive: Root,
+    engine: Engine,
+    *,
+    grace: timedelta,
+    progress: Progress | None = None,
+) -> PromoteReport:
+    """Make the version that served before the last switch serve again."""
+    history = store.serving_history(limit=1)
+    if not history or history[0].previous is None:
+        raise VersionError("nothing to roll back to: no version served before this one")
+    return promote(store, log, archive, history[0].previous, engine, grace=grace,
+                   progress=progress)  # fmt: skip
+
+
+def diff(store: Store, old: int, new: int, start: datetime, end: datetime) -> Iterator[DiffRow]:
+    """Per merchant, metric and UTC day in ``[start, end)``, the final values of ``old`` and
+    ``new`` where they differ (a metric only one version has differs everywhere it has a
+    value)."""
+    first, last = int(start.timestamp()), int(end.timestamp())
+    sides = []
+    for version in (old, new):
+        definitions = definitions_of(store, version)
+        sides.append(_values(definitions, store.final_totals(version, first, last)))
+    before, after = sides
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a != b:
+            merchant, metric, day = key
+            yield DiffRow(merchant, metric, datetime.fromtimestamp(day, UTC).date().isoformat(),
+                          a, b)  # fmt: skip
+
+
+def prune(store: Store, retention: timedelta, now: datetime | None = None) -> list[int]:
+    """Drop versions that have not served for ``retention`` (never the serving one, nor the
+    one a rollback would return to); return their ids."""
+    now = now or datetime.now(UTC)
+    serving_now = store.serving_version()
+    history = store.serving_history(limit=1_000)
+    keep = {serving_now}
+    if history:
+        keep.add(history[0].previous)
+    last_served: dict[int, datetime] = {}
+    for change in history:  # newest first: the first switch away from a version is the last
+        if change.previous is not None:
+            last_served.setdefault(change.previous, change.changed_at)
+    dropped = []
+    for known in store.versions():
+        if known.id in keep or known.state == DROPPED:
+            continue
+        since = max(known.created_at, last_served.get(known.id, known.created_at))
+        if now - since >= retention:
+            store.drop_version(known.id)
+            dropped.append(known.id)
+    return dropped
+
+
+def _values(
+    definitions: Definitions, totals: Iterator[VersionTotal]
+) -> dict[tuple[str, str, int], float | int | None]:
+    values: dict[tuple[str, str, int], float | int | None] = {}
+    for t in totals:
+        metric = definitions.metrics.get(t.metric)
+        if metric is not None:
+            values[(t.merchant_id, t.metric, t.period)] = _value(metric, t)
+    for metric in definitions.metrics.values():
+        if metric.stored:
+            continue
+        names = definitions.dependencies(metric)
+        cells = {(m, d) for (m, name, d) in values if name in names}
+        for merchant, day in cells:
+            parts = {n: values.get((merchant, n, day)) for n in names}
+            numbers = {n: float(v) if v is not None else 0.0 for n, v in parts.items()}
+            value = definitions.evaluate(metric, numbers)
+            values[(merchant, metric.name, day)] = None if value is None else round(value, 4)
+    return values
+
+
+def _value(metric: Metric, total: VersionTotal) -> float | int | None:
+    if metric.kind == "count":
+        return total.count
+    if metric.kind == "sum":
+        return total.sum
+    if metric.kind == "min":
+        return total.min
+    if metric.kind == "max":
+        return total.max
+    blob = merge_sketches(total.sketches)
+    if blob is None:
+        return None
+    if metric.kind == "count_distinct":
+        return round(sketch_estimate(blob))
+    return sketch_quantile(blob, 0.5)  # percentiles: the median stands for the distribution
