@@ -17,6 +17,7 @@ from mercato.batch.cli import COMMANDS as BATCH_COMMANDS
 from mercato.clitools import console, context_config, errors, friendly
 from mercato.config import dump_config
 from mercato.errors import MercatoError
+from mercato.scheduler.cli import COMMANDS as SCHEDULER_COMMANDS
 
 _config = context_config
 
@@ -238,11 +239,12 @@ def archive_compact(ctx: click.Context, date: str | None, hour: str | None, ever
 for _command in BATCH_COMMANDS:
     cli.add_command(_command)
 
-# NOTE for the scheduler work in progress: the `mercato jobs ...` commands that were here were
-# deleted by mistake by another engineer moving the batch commands out (sorry!). Please put
-# them back as `mercato/scheduler/cli.py` (same pattern as mercato/batch/cli.py: commands
-# using mercato.clitools, exported as COMMANDS, attached here with cli.add_command) and
-# remove this note.
+
+# -- scheduled jobs -----------------------------------------------------------------------------
+
+
+for _command in SCHEDULER_COMMANDS:
+    cli.add_command(_command)
 
 
 # -- tokens -------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def test_invalid_scheduler_settings_name_the_key(tmp_path, text, message):
 
 
 def test_unknown_job_key_in_the_environment_is_named():
-    with pytest.raises(ConfigError, match="MERCATO_SCHEDULER_JOBS_SEAL_ENABLE:.*<NAME>_<KEY>"):
+    with pytest.raises(ConfigError, match=r"MERCATO_SCHEDULER_JOBS_SEAL_ENABLE:.*<NAME>_<KEY>"):
         load_config(env={"MERCATO_SCHEDULER_JOBS_SEAL_ENABLE": "false"})
 
 

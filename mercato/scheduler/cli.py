@@ -1,0 +1,198 @@
+"""``mercato jobs list|runs|run|backfill``: the scheduler's jobs from the command line.
+
+Thin: each command parses its options and calls :mod:`mercato.scheduler.jobs` and
+:class:`~mercato.scheduler.scheduler.Scheduler` (``mercato run scheduler`` itself is in
+:mod:`mercato.cli` with the other roles). An unknown job name ends a command with one line and
+exit status 2, like a bad option.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+import msgspec
+from rich.markup import escape
+from rich.table import Table
+
+from mercato.batch.cli import parse_hour_option
+from mercato.clitools import console, context_config, errors, friendly, progress
+from mercato.errors import MercatoError
+from mercato.scheduler.jobs import (
+    Job,
+    SubprocessRunner,
+    backfill_windows,
+    configured_jobs,
+    find_job,
+)
+from mercato.scheduler.scheduler import RunResult, Scheduler
+from mercato.store import open_store
+from mercato.store.base import Store
+
+STATUS_STYLES = {"succeeded": "green", "failed": "red", "running": "yellow", "abandoned": "magenta"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+@click.group("jobs")
+def jobs_group() -> None:
+    """The scheduler's jobs: list them, their run history, run one now, backfill a range."""
+
+
+@jobs_group.command("list")
+@click.pass_context
+@friendly
+def jobs_list(ctx: click.Context) -> None:
+    """The configured jobs with their next run and last status."""
+    config = context_config(ctx)
+    now = datetime.now(UTC)
+    table = Table("job", "schedule (UTC)", "command", "next run", "last run")
+    with open_store(config) as store:
+        for job in configured_jobs(config).values():
+            runs = store.job_runs(job.name, limit=1)
+            last = f"{_status(runs[0].status)} {runs[0].started_at:%Y-%m-%d %H:%M}" if runs else ""
+            upcoming = (
+                f"{job.schedule.next_after(now):%Y-%m-%d %H:%M}" if job.enabled else "disabled"
+            )
+            command = escape(_command_line(job.command))
+            table.add_row(job.name, job.schedule.text, command, upcoming, last)
+    console.print(table)
+
+
+@jobs_group.command("runs")
+@click.option("--job", "name", help="Only this job's runs.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+@friendly
+def jobs_runs(ctx: click.Context, name: str | None, limit: int, fmt: str) -> None:
+    """The run history, newest first: one row per attempt."""
+    if name is not None:
+        _job(ctx, name)
+    with open_store(context_config(ctx)) as store:
+        runs = store.job_runs(name, limit)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(runs).decode())
+        return
+    table = Table("run", "job", "attempt", "status", "started (UTC)", "took", "params", "error")
+    for run in runs:
+        took = (
+            f"{(run.finished_at - run.started_at).total_seconds():.1f} s" if run.finished_at else ""
+        )
+        table.add_row(
+            str(run.id),
+            run.job,
+            str(run.attempt),
+            _status(run.status),
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}",
+            took,
+            escape(_params(run.params)),
+            escape(run.error or ""),
+        )
+    console.print(table)
+
+
+@jobs_group.command("run")
+@click.argument("name")
+@click.pass_context
+@friendly
+def jobs_run(ctx: click.Context, name: str) -> None:
+    """Run a job now, with its retries, recorded in the history; exits with its exit code."""
+    job = _job(ctx, name)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    with open_store(context_config(ctx)) as store:
+        result = _run(ctx, store, job, {"trigger": "manual"})
+    output = result.outcome.output
+    if output:
+        click.echo(output, nl=not output.endswith("\n"))
+    sys.exit(result.outcome.exit_status)
+
+
+@jobs_group.command("backfill")
+@click.argument("name")
+@click.option("--from", "start", required=True, help="First UTC date or hour, YYYY-MM-DD[THH].")
+@click.option("--to", "end", required=True, help="UTC date or hour to stop before.")
+@click.option("--step", type=click.Choice(["hour", "day"]), default="day", show_default=True)
+@click.pass_context
+@friendly
+def jobs_backfill(ctx: click.Context, name: str, start: str, end: str, step: str) -> None:
+    """Run a job once per window of a range, with --from/--to appended (with retries).
+
+    Stops at the first window that fails for good; every window is idempotent, so running
+    the backfill again is safe.
+    """
+    job = _job(ctx, name)
+    first, last = parse_hour_option("--from", start), parse_hour_option("--to", end)
+    if first is None or last is None:
+        raise MercatoError("--from and --to are required")
+    windows = list(backfill_windows(first, last, "hour" if step == "hour" else "day"))
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    with open_store(context_config(ctx)) as store, progress(f"backfilling {name}") as advance:
+        for done, (lower, upper) in enumerate(windows):
+            advance(done, len(windows))
+            args = ["--from", lower, "--to", upper]
+            result = _run(ctx, store, job, {"from": lower, "to": upper}, args)
+            if not result.outcome.ok:
+                error = result.outcome.error(job.timeout_seconds) or ""
+                errors.print(
+                    f"[red]error:[/] {name} --from {lower} --to {upper} failed (run "
+                    f"{result.run_id}): {escape(error)}; {done} of {len(windows)} window(s) done",
+                    highlight=False,
+                )
+                sys.exit(result.outcome.exit_status)
+        advance(len(windows), len(windows))
+    console.print(f"{name}: {len(windows)} window(s) from {start} to {end} done", highlight=False)
+
+
+COMMANDS = [jobs_group]
+
+
+def _job(ctx: click.Context, name: str) -> Job:
+    try:
+        return find_job(configured_jobs(context_config(ctx)), name)
+    except MercatoError as exc:
+        _usage_error(str(exc))
+
+
+def _usage_error(message: str) -> NoReturn:
+    errors.print(f"[red]error:[/] {message}", highlight=False)
+    sys.exit(2)
+
+
+def _run(
+    ctx: click.Context,
+    store: Store,
+    job: Job,
+    params: dict[str, Any],
+    extra_args: list[str] | None = None,
+) -> RunResult:
+    """Run ``job`` now with the scheduler's runner and retries; Ctrl-C ends it (exit 130)."""
+    runner = SubprocessRunner(ctx.obj.get("config_path"))
+    scheduler = Scheduler(context_config(ctx), store, runner=runner)
+    try:
+        return scheduler.run_job(job, params, extra_args or [])
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _command_line(command: tuple[str, ...]) -> str:
+    words = [shlex.quote(word) for word in command]
+    return " ".join(words if command[0].startswith("/") else ["mercato", *words])
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLES.get(status, 'default')}]{status}[/]"
+
+
+def _params(params: dict[str, Any]) -> str:
+    """A run's parameters in a few words: scheduled for when, manual, or the backfill window."""
+    if "scheduled_for" in params:
+        return f"scheduled {str(params['scheduled_for'])[:16].replace('T', ' ')}"
+    if params.get("trigger") == "manual":
+        return "manual"
+    if {"from", "to"} <= params.keys():
+        return f"{params['from']} to {params['to']}"
+    return " ".join(f"{key}={value}" for key, value in params.items())
