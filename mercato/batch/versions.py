@@ -205,7 +205,7 @@ def diff(store: Store, old: int, new: int, start: datetime, end: datetime) -> It
     sides = []
     for version in (old, new):
         definitions = definitions_of(store, version)
-        sides.append(_values(definitions, store.final_totals(version, first, last)))
+        sides.append(_values(definitions, store.layer_totals(version, first, last)))
     before, after = sides
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)

@@ -30,7 +30,7 @@ import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import msgspec
 import pyarrow as pa
@@ -74,6 +74,9 @@ class JobRun(msgspec.Struct, frozen=True):
     finished_at: datetime | None = None
     error: str | None = None
     output: str | None = None  # the tail of what the job printed
+
+
+Layer = Literal["final", "speed"]
 
 
 class ServingChange(msgspec.Struct, frozen=True):
@@ -132,12 +135,12 @@ class Store(Protocol):
         dropped; return the rows deleted. Refuses the serving version."""
         ...
 
-    def final_totals(
-        self, version: int, start: int, end: int, period: int = 86_400
+    def layer_totals(
+        self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
     ) -> Iterator[VersionTotal]:
-        """Every merchant's final totals (``dimension = ""``) per metric and UTC period of
-        ``period`` seconds in ``[start, end)``: an operator's read across merchants, for
-        comparing versions; the query API never calls it."""
+        """Every merchant's totals (``dimension = ""``) in ``layer`` (final or speed rows) per
+        metric and UTC period of ``period`` seconds in ``[start, end)``: an operator's read
+        across merchants, for diffs and drift checks; the query API never calls it."""
         ...
 
     def write(

@@ -23,6 +23,7 @@ from mercato.store.base import (
     RUNNING,
     DefinitionVersion,
     JobRun,
+    Layer,
     SealedHour,
     ServingChange,
     VersionTotal,
@@ -109,12 +110,15 @@ class MemoryStore:
             self._offsets.pop(f"aggregator/{entry.hash}", None)
             return dropped
 
-    def final_totals(
-        self, version: int, start: int, end: int, period: int = 86_400
+    def layer_totals(
+        self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
     ) -> Iterator[VersionTotal]:
+        source = {"final": self._final, "speed": self._rollups}.get(layer)
+        if source is None:
+            raise ValueError(f"layer: final or speed, not {layer!r}")
         with self._lock:
             self._check_open()
-            tables = [t for k, t in sorted(self._final.items()) if k[0] == version]
+            tables = [t for k, t in sorted(source.items()) if k[0] == version]
         cells: dict[tuple[str, str, int], list[Any]] = {}
         for table in tables:
             for r in table.to_pylist():

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mercato.store.base import ServingChange, VersionTotal
+from mercato.store.base import Layer, ServingChange, VersionTotal
 from mercato.store.errors import StoreError
 
 ROLLUP_TABLES = ("speed_rollups", "final_rollups", "daily_rollups")
@@ -38,21 +38,24 @@ class SqliteVersions:
             ServingChange(int(v), None if p is None else int(p), _time(ms)) for v, p, ms in rows
         ]
 
-    def final_totals(
-        self, version: int, start: int, end: int, period: int = 86_400
+    def layer_totals(
+        self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
     ) -> Iterator[VersionTotal]:
+        table = f"{layer}_rollups" if layer in ("final", "speed") else None
+        if table is None:
+            raise ValueError(f"layer: final or speed, not {layer!r}")
         with self._connection() as db:
             rows = db.execute(
                 "SELECT merchant_id, metric, bucket - bucket % ? AS period,"
                 "       sum(count), sum(sum), min(min), max(max)"
-                " FROM final_rollups"
+                f" FROM {table}"
                 " WHERE version = ? AND dimension = '' AND bucket >= ? AND bucket < ?"
                 " GROUP BY merchant_id, metric, period ORDER BY merchant_id, metric, period",
                 (period, version, start, end),
             ).fetchall()
             sketches = db.execute(
                 "SELECT merchant_id, metric, bucket - bucket % ? AS period, sketch"
-                " FROM final_rollups WHERE version = ? AND dimension = '' AND bucket >= ?"
+                f" FROM {table} WHERE version = ? AND dimension = '' AND bucket >= ?"
                 "   AND bucket < ? AND sketch IS NOT NULL ORDER BY merchant_id, metric, period",
                 (period, version, start, end),
             ).fetchall()

@@ -330,7 +330,7 @@ def test_dropping_a_version_deletes_its_rows_and_keeps_the_others(
     assert read_rows(store, v1, "m1", ["orders"]) == [row(bucket=0, count=v1)]
 
 
-def test_final_totals_per_merchant_metric_and_day(store_factory: StoreFactory) -> None:
+def test_layer_totals_per_merchant_metric_and_day(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
     store.write_sealed_hour(
@@ -348,15 +348,18 @@ def test_final_totals_per_merchant_metric_and_day(store_factory: StoreFactory) -
     store.write_sealed_hour(
         v, 86_400, partials(row("m1", "revenue", bucket=86_400, count=1, sum=7)), "fp", 1
     )
-    totals = list(store.final_totals(v, 0, 2 * 86_400))
+    totals = list(store.layer_totals(v, 0, 2 * 86_400))
     assert [(t.merchant_id, t.metric, t.period, t.count, t.sum, t.min, t.max) for t in totals] == [
         ("m1", "revenue", 0, 3, 15, 1, 10),
         ("m1", "revenue", 86_400, 1, 7, None, None),
         ("m2", "customers", 0, 3, None, None, None),
     ]
     assert [len(t.sketches) for t in totals] == [0, 0, 1]
-    hourly = store.final_totals(v, 0, 86_400, period=3600)
+    hourly = store.layer_totals(v, 0, 86_400, period=3600)
     assert [(t.merchant_id, t.period, t.count) for t in hourly] == [("m1", 0, 3), ("m2", 0, 3)]
+    store.write(v, "agg", partials(row("m1", "revenue", bucket=0, count=4, sum=40)), {0: 1})
+    speed = store.layer_totals(v, 0, 86_400, layer="speed")
+    assert [(t.merchant_id, t.count, t.sum) for t in speed] == [("m1", 4, 40)]
 
 
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
