@@ -15,6 +15,7 @@ import click
 import msgspec
 from rich.table import Table
 
+from mercato.batch.drift import check_drift
 from mercato.batch.engine import Engine, open_engine
 from mercato.batch.seal import SealReport
 from mercato.batch.seal import seal as seal_hours
@@ -183,6 +184,43 @@ def rollback_command(ctx: click.Context, fmt: str) -> None:
     _print_promote(report, fmt)
 
 
+@click.command("drift")
+@click.option("--hours", type=int, default=24, show_default=True,
+              help="Check the hours sealed this recently.")  # fmt: skip
+@click.option("--max-ratio", type=float, help="Exit with status 1 when the drift is above this.")
+@FORMAT
+@click.pass_context
+@friendly
+def drift_command(ctx: click.Context, hours: int, max_ratio: float | None, fmt: str) -> None:
+    """Compare the speed layer with the exact answer for recently sealed hours."""
+    config = context_config(ctx)
+    with open_store(config) as store:
+        version, definitions = serving(
+            store, load_definitions(config.aggregator.definitions or None)
+        )
+        report = check_drift(store, version, definitions, hours=hours)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(report).decode())
+    else:
+        table = Table("metric", "speed", "final", "cells off")
+        for m in report.metrics:
+            table.add_row(m.metric, f"{m.speed:,}", f"{m.final:,}", f"{m.cells:,}")
+        console.print(table)
+        for d in report.largest:
+            console.print(
+                f"  {d.merchant_id} {d.metric} {d.hour:%Y-%m-%d %H}:00 UTC: speed {d.speed}, "
+                f"final {d.final}",
+                highlight=False,
+            )
+        console.print(
+            f"drift {report.ratio:.6f} over {len(report.hours)} sealed hour(s) of version "
+            f"{report.version}",
+            highlight=False,
+        )
+    if max_ratio is not None and report.ratio > max_ratio:
+        raise MercatoError(f"drift {report.ratio:.6f} is above --max-ratio {max_ratio}")
+
+
 @click.group("versions")
 def versions_group() -> None:
     """Definitions versions: list them, drop old ones."""
@@ -236,6 +274,7 @@ COMMANDS = [
     diff_command,
     promote_command,
     rollback_command,
+    drift_command,
     versions_group,
 ]
 

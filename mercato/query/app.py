@@ -106,6 +106,7 @@ class QueryApi:
                     methods=["PUT"],
                 ),
                 Route("/livez", lambda _: _json({"status": "ok"})),
+                Route("/metrics", self._guard(self.prometheus)),
                 Route("/openapi.json", lambda _: _json(openapi())),
                 Route("/docs", lambda _: HTMLResponse(DOCS_HTML)),
             ]
@@ -296,6 +297,31 @@ class QueryApi:
             "complete_through": _complete_through(view, zone),
             "kpis": kpis,
         }
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def prometheus(self, request: Request) -> Response:
+        """Gauges of the batch layer for Prometheus (no merchant data: safe to scrape)."""
+        lines = []
+        version = self.store.serving_version()
+        if version is not None:
+            marks = {
+                name: self.store.watermark(name, version)
+                for name in ("sealed_through", "drift_ppm", "drift_checked_at")
+            }
+            gauges = [
+                ("mercato_serving_version", "The definitions version the API serves.", version),
+                ("mercato_sealed_through_seconds",
+                 "Epoch seconds before which every bucket is final.", marks["sealed_through"]),
+                ("mercato_drift_ratio", "Speed vs final difference of recently sealed hours.",
+                 None if marks["drift_ppm"] is None else marks["drift_ppm"] / 1_000_000),
+                ("mercato_drift_checked_seconds", "When the drift was last checked (epoch s).",
+                 marks["drift_checked_at"]),
+            ]  # fmt: skip
+            for name, text, value in gauges:
+                if value is not None:
+                    lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     # -- admin endpoints ----------------------------------------------------------------------
 
