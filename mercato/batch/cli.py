@@ -13,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import msgspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from rich.table import Table
 
 from mercato.batch.drift import check_drift
 from mercato.batch.engine import Engine, open_engine
 from mercato.batch.seal import SealReport
 from mercato.batch.seal import seal as seal_hours
+from mercato.batch.sql import run_sql
 from mercato.batch.versions import (
     DiffRow,
     PromoteReport,
@@ -221,6 +224,37 @@ def drift_command(ctx: click.Context, hours: int, max_ratio: float | None, fmt: 
         raise MercatoError(f"drift {report.ratio:.6f} is above --max-ratio {max_ratio}")
 
 
+@click.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--max-rows", type=int, default=100, show_default=True,
+              help="Most rows a table shows (csv and json print all).")  # fmt: skip
+@click.pass_context
+@friendly
+def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int) -> None:
+    """Run DuckDB SQL over the archive: a view `events` of every archived row.
+
+    \b
+    mercato sql "SELECT type, count(DISTINCT event_id) FROM events GROUP BY type"
+    mercato sql "SELECT date, sum((properties->>'amount')::BIGINT) FROM events
+                 WHERE type = 'order_completed' GROUP BY date ORDER BY date" --format csv
+    """
+    result = run_sql(context_config(ctx).archive_path, query)
+    if fmt == "csv":
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(result, sink)
+        click.echo(sink.getvalue().to_pybytes().decode(), nl=False)
+    elif fmt == "json":
+        click.echo(msgspec.json.encode(result.to_pylist()).decode())
+    else:
+        table = Table(*result.column_names)
+        for row in result.slice(0, max_rows).to_pylist():
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(table)
+        if result.num_rows > max_rows:
+            console.print(f"… {result.num_rows - max_rows:,} more rows (--max-rows)")
+
+
 @click.group("versions")
 def versions_group() -> None:
     """Definitions versions: list them, drop old ones."""
@@ -275,6 +309,7 @@ COMMANDS = [
     promote_command,
     rollback_command,
     drift_command,
+    sql_command,
     versions_group,
 ]
 
