@@ -445,9 +445,12 @@ def log_check(ctx: click.Context) -> None:
 @click.pass_context
 @friendly
 def log_retention(ctx: click.Context) -> None:
-    """Delete segments past [log] retention_hours / retention_bytes now."""
+    """Delete segments past [log] retention_hours / retention_bytes now (only those every
+    consumer in [log] retention_waits_for has passed)."""
+    from mercato.log.retention import enforce_retention
+
     with _open_log(ctx) as log:
-        deleted = log.enforce_retention()
+        deleted = enforce_retention(_config(ctx), log)
     console.print(f"deleted {deleted} segment(s)")
 
 

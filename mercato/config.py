@@ -44,6 +44,9 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 128 * 1024 * 1024
     retention_hours: NonNegative = 168
     retention_bytes: NonNegative = 0
+    retention_waits_for: list[Literal["aggregator", "archiver"]] = msgspec.field(
+        default_factory=lambda: ["aggregator", "archiver"]
+    )
     fsync: bool = True
 
 
@@ -97,10 +100,11 @@ class ArchiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class BatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[batch]``: the batch layer that seals hours from the archive."""
 
-    engine: Literal["duckdb"] = "duckdb"
+    engine: Literal["duckdb", "spark"] = "duckdb"
     grace_minutes: NonNegative = 10
     threads: NonNegative = 0  # 0: every core
     chunk_rows: Positive = 500_000
+    spark_master: str = ""  # empty: local mode in this process
 
 
 class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -10,6 +10,7 @@ from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.config import Config
 from mercato.log import open_log
+from mercato.log.retention import enforce_retention
 
 logger = logging.getLogger("mercato.collector")
 
@@ -22,7 +23,7 @@ def serve(config: Config, *, announce: bool = True) -> None:
     app = CollectorApp(config.collector, log, KeyStore(config.keys_path))
     stop = threading.Event()
     retention = threading.Thread(
-        target=_enforce_retention, args=(log, stop), name="mercato-retention", daemon=True
+        target=_enforce_retention, args=(config, log, stop), name="mercato-retention", daemon=True
     )
     if announce:
         print(
@@ -39,13 +40,10 @@ def serve(config: Config, *, announce: bool = True) -> None:
         log.close()
 
 
-def _enforce_retention(log: object, stop: threading.Event) -> None:
-    enforce = getattr(log, "enforce_retention", None)
-    if enforce is None:
-        return
+def _enforce_retention(config: Config, log: object, stop: threading.Event) -> None:
     while not stop.wait(RETENTION_INTERVAL_SECONDS):
         try:
-            deleted = enforce()
+            deleted = enforce_retention(config, log)
             if deleted:
                 logger.info("retention deleted %d log segments", deleted)
         except Exception:

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -654,12 +654,15 @@ class FileLog:
 
     # -- maintenance ----------------------------------------------------------------------------
 
-    def enforce_retention(self, now_ms: int | None = None) -> int:
+    def enforce_retention(
+        self, now_ms: int | None = None, consumed: Mapping[int, int] | None = None
+    ) -> int:
         """Delete the oldest segments that are past retention (never the active one).
 
         A segment goes when its newest frame is older than ``retention_hours``, or while the
-        log holds more than ``retention_bytes`` (0 turns either rule off). Returns how many
-        segments were deleted.
+        log holds more than ``retention_bytes`` (0 turns either rule off), and only once
+        every record in it is below ``consumed`` (per partition, the offset every consumer
+        that matters has passed; None: no such rule). Returns how many segments were deleted.
         """
         now = self._clock() if now_ms is None else now_ms
         hours, max_bytes = self._config.retention_hours, self._config.retention_bytes
@@ -674,13 +677,18 @@ class FileLog:
                     s.sequence: self._segment_path(s.sequence).stat().st_size for s in segments
                 }
                 total = sum(sizes.values())
-                for seg in segments:
+                for i, seg in enumerate(segments):
                     if seg.sequence >= head.segment:
                         break
                     self._index(seg, head)
                     too_old = hours > 0 and (seg.newest or 0) < now - hours * 3_600_000
                     if not too_old and not (max_bytes > 0 and total > max_bytes):
                         break
+                    ends = segments[i + 1].starts if i + 1 < len(segments) else head.next_offsets
+                    if consumed is not None and any(
+                        ends[p] > consumed.get(p, 0) for p in range(self._partitions)
+                    ):
+                        break  # a consumer still needs records in it
                     self._segment_path(seg.sequence).unlink()
                     del self._segments[seg.sequence]
                     total -= sizes[seg.sequence]

@@ -810,6 +810,26 @@ def test_retention_never_deletes_the_active_segment(tmp_path: Path) -> None:
         assert log.enforce_retention(now_ms=2**62) == 0
 
 
+def test_retention_waits_until_consumers_have_passed_a_segment(tmp_path: Path) -> None:
+    cfg = config(2, segment_bytes=4096, retention_hours=1)
+    with FileLog(tmp_path / "log", cfg) as log:
+        for i in range(40):
+            log.append(spread("c" * 200 + str(i), n=2))
+        files = segments(tmp_path / "log")
+        assert len(files) > 3
+        second = segment_starts(files[2], 2)  # where the third segment starts
+        assert log.enforce_retention(now_ms=2**62, consumed={0: 0, 1: 0}) == 0
+        # one partition is past the first two segments, the other only just short of them
+        behind = {0: second[0], 1: second[1] - 1}
+        assert log.enforce_retention(now_ms=2**62, consumed=behind) == 1
+        assert segments(tmp_path / "log") == files[1:]
+        assert log.enforce_retention(now_ms=2**62, consumed=dict(enumerate(second))) == 1
+        assert segments(tmp_path / "log") == files[2:]
+        check_deleted_offsets(log, files[2], 2)
+        everything = {p: log.end_offset(p) for p in range(2)}
+        assert log.enforce_retention(now_ms=2**62, consumed=everything) == len(files) - 3
+
+
 def test_retention_off_keeps_everything(tmp_path: Path) -> None:
     cfg = config(segment_bytes=4096, retention_hours=0, retention_bytes=0)
     with FileLog(tmp_path / "log", cfg) as log:
