@@ -1,10 +1,10 @@
 """``mercato demo``: the embedded pipeline on one machine, with generated traffic.
 
-The collector, the aggregator, the archiver, the query API and the traffic generator run as
-separate processes (so both cores work) under one data directory; this process watches the
+The collector, the aggregator, the archiver, the scheduler (sealing hours every five
+minutes), the query API and the traffic generator run as separate processes (so both cores work) under one data directory; this process watches the
 log and the store and shows events flowing through. Ctrl-C stops the generator first, then
 the collector, which finishes the requests in flight, then the aggregator, which finishes its
-batch, then the archiver and the API. Running it again on
+batch, then the archiver, the scheduler and the API. Running it again on
 the same directory resumes where it stopped.
 """
 
@@ -110,7 +110,7 @@ def run_demo(
     generator = TrafficGenerator(merchants)
     processes = {
         role: _start_role(role, config, env)
-        for role in ("collector", "aggregator", "archiver", "api")
+        for role in ("collector", "aggregator", "archiver", "scheduler", "api")
     }
     traffic: subprocess.Popen[bytes] | None = None
     stats = TrafficStats()
