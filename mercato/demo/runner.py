@@ -1,11 +1,11 @@
 """``mercato demo``: the embedded pipeline on one machine, with generated traffic.
 
 The collector, the aggregator, the archiver, the scheduler (sealing hours every five
-minutes), the query API and the traffic generator run as separate processes (so both cores work) under one data directory; this process watches the
-log and the store and shows events flowing through. Ctrl-C stops the generator first, then
-the collector, which finishes the requests in flight, then the aggregator, which finishes its
-batch, then the archiver, the scheduler and the API. Running it again on
-the same directory resumes where it stopped.
+minutes), the query API and the traffic generator run as separate processes (so both cores
+work) under one data directory; this process watches the log and the store and shows events
+flowing through. Ctrl-C stops the generator first, then the collector, which finishes the
+requests in flight, then the aggregator, which finishes its batch, then the archiver, the
+scheduler and the API. Running it again on the same directory resumes where it stopped.
 """
 
 from __future__ import annotations
