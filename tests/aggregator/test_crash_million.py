@@ -76,7 +76,9 @@ def crash_at(data: Path, point: str, at_poll: int) -> None:
     assert result.returncode == 9, f"{point}: {result.returncode} {result.stderr}"
 
 
-def kill_service_after(data: Path, seconds: float, output: Path) -> None:
+def kill_service_once_it_counts(data: Path, consumer: str, pause: float, output: Path) -> None:
+    """Start ``mercato run aggregator``, wait until it has committed a batch, let it run for
+    ``pause`` more seconds, then kill -9 it."""
     env = {
         **os.environ,
         "MERCATO_DATA_DIR": str(data),
@@ -84,11 +86,17 @@ def kill_service_after(data: Path, seconds: float, output: Path) -> None:
         "MERCATO_AGGREGATOR_DEDUP_WINDOW": str(WINDOW),
         "MERCATO_AGGREGATOR_MAX_BATCH_RECORDS": "20000",
     }
+    before = counted(data, consumer)
     with open(output, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "mercato", "run", "aggregator"], env=env, stdout=out, stderr=out
         )
-    time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while counted(data, consumer) == before:  # a machine under load starts slowly
+        assert process.poll() is None, output.read_text()
+        assert time.monotonic() < deadline, "the aggregator made no progress"
+        time.sleep(0.05)
+    time.sleep(pause)
     assert process.poll() is None, output.read_text()
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -116,7 +124,7 @@ def test_a_million_events_survive_kill_9_at_random_moments_and_named_points(tmp_
     progress = [counted(data, consumer)]
     rnd = random.Random(9)
     for _ in range(4):
-        kill_service_after(data, 2 + rnd.random() * 3, tmp_path / "aggregator.out")
+        kill_service_once_it_counts(data, consumer, rnd.random() * 1.5, tmp_path / "agg.out")
         progress.append(counted(data, consumer))
     logged = EVENTS + 300 * EVENTS // 10_000
     assert 0 < progress[0] < progress[1] < logged, f"no kill hit a running batch: {progress}"
