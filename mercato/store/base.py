@@ -229,8 +229,41 @@ class Store(Protocol):
         their total count, largest first (ties by member); layers as in :meth:`read`."""
         ...
 
+    def replace_days(
+        self,
+        version: int,
+        merchant_id: str,
+        start: int,
+        end: int,
+        partials: pa.Table,
+        days_through: int | None = None,
+    ) -> None:
+        """Replace one merchant's local-day rows with ``day`` in ``[start, end)`` by
+        ``partials`` (their ``bucket`` column holds the day), and move its ``days_through``
+        watermark, in one transaction."""
+        ...
+
+    def read_days(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> list[tuple[Any, ...]]:
+        """One merchant's local-day rows like :meth:`read_rows` (the day in the bucket
+        position)."""
+        ...
+
+    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
+        """The merchants with final rows in ``[start, end)`` (the batch layer's read across
+        merchants, for deriving local days)."""
+        ...
+
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
-        """Record the merchant's IANA time zone.
+        """Record the merchant's IANA time zone; a change drops its local-day rows and their
+        watermark (they are derived again in the new zone).
 
         Raises :class:`~mercato.store.errors.InvalidTimezoneError` for an unknown name.
         """
@@ -282,6 +315,11 @@ class Store(Protocol):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
+
+
+def days_watermark(merchant_id: str) -> str:
+    """The watermark name of how far a merchant's local-day rows are derived."""
+    return f"days_through/{merchant_id}"
 
 
 def conform_partials(partials: pa.Table) -> pa.Table:

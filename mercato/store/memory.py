@@ -29,6 +29,7 @@ from mercato.store.base import (
     VersionTotal,
     check_timezone,
     conform_partials,
+    days_watermark,
     metric_names,
 )
 from mercato.store.errors import (
@@ -52,6 +53,7 @@ class MemoryStore:
         self._history: list[ServingChange] = []
         self._rollups: dict[tuple[int, str], pa.Table] = {}
         self._final: dict[tuple[int, str], pa.Table] = {}
+        self._days: dict[tuple[int, str], pa.Table] = {}
         self._sealed: dict[int, dict[int, SealedHour]] = {}
         self._watermarks: dict[tuple[str, int], int] = {}
         self._offsets: dict[str, dict[int, int]] = {}
@@ -98,7 +100,7 @@ class MemoryStore:
             if self._serving == version:
                 raise StoreError(f"version {version} is serving: promote another one first")
             dropped = 0
-            for tables in (self._rollups, self._final):
+            for tables in (self._rollups, self._final, self._days):
                 for key in [k for k in tables if k[0] == version]:
                     dropped += tables.pop(key).num_rows
             self._sealed.pop(version, None)
@@ -271,10 +273,74 @@ class MemoryStore:
             totals[member] = totals.get(member, 0) + (count or 0)
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
 
+    def replace_days(
+        self,
+        version: int,
+        merchant_id: str,
+        start: int,
+        end: int,
+        partials: pa.Table,
+        days_through: int | None = None,
+    ) -> None:
+        table = sort_partials(conform_partials(partials))
+        if table.num_rows and set(table["merchant_id"].to_pylist()) != {merchant_id}:
+            raise StoreWriteError(f"local-day rows of {merchant_id!r} name another merchant")
+        with self._lock:
+            self._check_open()
+            kept = self._days.get((version, merchant_id), empty_partials())
+            outside = pc.or_(pc.less(kept["bucket"], start), pc.greater_equal(kept["bucket"], end))
+            self._days[(version, merchant_id)] = sort_partials(
+                pa.concat_tables([kept.filter(outside), table])
+            )
+            if days_through is not None:
+                self._watermarks[(days_watermark(merchant_id), version)] = days_through
+
+    def read_days(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+    ) -> list[tuple[Any, ...]]:
+        names = metric_names(metrics)
+        with self._lock:
+            self._check_open()
+            table = self._days.get((version, merchant_id))
+        if table is None or not names:
+            return []
+        mask = pc.and_(
+            pc.and_(
+                pc.is_in(table["metric"], value_set=pa.array(names, pa.string())),
+                pc.equal(table["dimension"], dimension),
+            ),
+            pc.and_(pc.greater_equal(table["bucket"], start), pc.less(table["bucket"], end)),
+        )
+        rows = table.filter(mask)
+        return list(zip(*(rows[name].to_pylist() for name in rows.column_names), strict=True))
+
+    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
+        with self._lock:
+            self._check_open()
+            tables = [(k[1], t) for k, t in self._final.items() if k[0] == version]
+        found = set()
+        for merchant, table in tables:
+            buckets = table["bucket"]
+            inside = pc.and_(pc.greater_equal(buckets, start), pc.less(buckets, end))
+            if pc.any(inside).as_py():
+                found.add(merchant)
+        return sorted(found)
+
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         check_timezone(timezone)
         with self._lock:
             self._check_open()
+            if self._timezones.get(merchant_id, "UTC") != timezone:
+                for key in [k for k in self._days if k[1] == merchant_id]:
+                    del self._days[key]
+                for mark in [k for k in self._watermarks if k[0] == days_watermark(merchant_id)]:
+                    del self._watermarks[mark]
             self._timezones[merchant_id] = timezone
 
     def merchant_timezone(self, merchant_id: str) -> str | None:

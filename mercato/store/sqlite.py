@@ -42,6 +42,7 @@ from mercato.store.base import (
     SealedHour,
     check_timezone,
     conform_partials,
+    days_watermark,
     metric_names,
 )
 from mercato.store.errors import (
@@ -52,6 +53,7 @@ from mercato.store.errors import (
     StoreWriteError,
     UnknownVersionError,
 )
+from mercato.store.sqlite_days import SqliteDays
 from mercato.store.sqlite_jobs import SqliteJobs
 from mercato.store.sqlite_versions import SqliteVersions
 
@@ -212,7 +214,7 @@ def _merge_two(left: bytes, right: bytes) -> bytes | None:
         raise
 
 
-class SqliteStore(SqliteJobs, SqliteVersions):
+class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
     """The store in one SQLite file at ``path``, created and migrated on open."""
 
     def __init__(self, path: Path, config: StoreConfig) -> None:
@@ -435,13 +437,19 @@ class SqliteStore(SqliteJobs, SqliteVersions):
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         check_timezone(timezone)
-        with self._connection() as db:
+        with self._connection() as db, _transaction(db):
+            row = db.execute(
+                "SELECT timezone FROM merchants WHERE merchant_id = ?", (merchant_id,)
+            ).fetchone()
             db.execute(
                 "INSERT INTO merchants (merchant_id, timezone, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (merchant_id) DO UPDATE"
                 " SET timezone = excluded.timezone, updated_at = excluded.updated_at",
                 (merchant_id, timezone, _now_ms()),
             )
+            if (row[0] if row else "UTC") != timezone:  # its local days are other days now
+                db.execute("DELETE FROM daily_rollups WHERE merchant_id = ?", (merchant_id,))
+                db.execute("DELETE FROM watermarks WHERE name = ?", (days_watermark(merchant_id),))
 
     def merchant_timezone(self, merchant_id: str) -> str | None:
         with self._connection() as db:

@@ -362,6 +362,45 @@ def test_layer_totals_per_merchant_metric_and_day(store_factory: StoreFactory) -
     assert [(t.merchant_id, t.count, t.sum) for t in speed] == [("m1", 4, 40)]
 
 
+def test_local_days_replace_read_and_go_with_a_timezone_change(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    day, next_day = 0, 86_400
+    rows = partials(
+        row("m1", bucket=day, count=3),
+        row("m1", bucket=next_day, count=4),
+        row("m1", "orders", "channel", "web", bucket=day, count=2),
+    )
+    store.replace_days(v, "m1", day, 2 * 86_400, rows, days_through=2 * 86_400)
+    assert [r[4:6] for r in store.read_days(v, "m1", ["orders"], 0, 2 * 86_400)] == [
+        (day, 3), (next_day, 4)
+    ]  # fmt: skip
+    assert [r[3] for r in store.read_days(v, "m1", ["orders"], 0, 86_400, "channel")] == ["web"]
+    assert store.read_days(v, "m2", ["orders"], 0, 2 * 86_400) == []
+    assert store.watermark("days_through/m1", v) == 2 * 86_400
+    store.replace_days(v, "m1", next_day, 2 * 86_400, partials(row("m1", bucket=next_day, count=9)))
+    assert [r[5] for r in store.read_days(v, "m1", ["orders"], 0, 2 * 86_400)] == [3, 9]
+    with pytest.raises(StoreWriteError, match="another merchant"):
+        store.replace_days(v, "m1", 0, 86_400, partials(row("m2", bucket=0)))
+    store.set_merchant_timezone("m1", "UTC")  # the zone it had: nothing changes
+    assert store.watermark("days_through/m1", v) == 2 * 86_400
+    store.set_merchant_timezone("m1", "Asia/Kolkata")
+    assert store.read_days(v, "m1", ["orders"], 0, 2 * 86_400) == []
+    assert store.watermark("days_through/m1", v) is None
+
+
+def test_merchants_with_final_rows_in_a_range(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write_sealed_hour(v, 0, partials(row("m2", bucket=0), row("m1", bucket=900)), "f", 2)
+    store.write_sealed_hour(v, 3600, partials(row("m3", bucket=3600)), "f", 1)
+    assert store.final_merchants(v, 0, 3600) == ["m1", "m2"]
+    assert store.final_merchants(v, 0, 7200) == ["m1", "m2", "m3"]
+    assert store.final_merchants(v + 1, 0, 7200) == []
+
+
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
