@@ -12,7 +12,8 @@ seal is idempotent and cheap to run every few minutes.
 
 Afterwards the ``sealed_through`` watermark of the version moves to the end of the last
 complete hour: the query API serves final rows before it and speed rows after it, and
-reports it as ``complete_through``.
+reports it as ``complete_through``. Then each merchant's local days that the seal touched or
+completed are derived (:mod:`mercato.batch.days`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mercato.archive.layout import (
     open_storage,
     read_state,
 )
+from mercato.batch.days import derive_days
 from mercato.batch.engine import Engine
 from mercato.metrics.definitions import Definitions
 from mercato.store.base import Store
@@ -58,6 +60,7 @@ class SealReport(msgspec.Struct):
     sealed: list[HourSeal] = msgspec.field(default_factory=list)
     unchanged: int = 0  # complete hours whose archive content had not changed
     sealed_through: datetime | None = None
+    days: int = 0  # merchants' local days derived (see mercato.batch.days)
 
 
 def fingerprint(files: Iterable[ArchiveFile]) -> str:
@@ -143,4 +146,7 @@ def seal(
         store.set_watermark(SEALED_THROUGH, version, int(through.timestamp()))
     value = store.watermark(SEALED_THROUGH, version)
     report.sealed_through = None if value is None else datetime.fromtimestamp(value, UTC)
+    if value is not None:
+        sealed_now = [int(h.hour.timestamp()) for h in report.sealed]
+        report.days = derive_days(store, version, definitions, sealed_now, value, current)
     return report

@@ -37,12 +37,15 @@ class MerchantView:
         merchant_id: str,
         sealed_through: int | None = None,
         definitions: Definitions | None = None,
+        days_through: int | None = None,
     ) -> None:
         self._store = store
         self._version = version
         self.merchant_id = merchant_id
         self.sealed_through = sealed_through
         """Epoch seconds before which rows are final (the batch layer's), None: none are."""
+        self.days_through = days_through
+        """The local midnight (merchant's zone) before which local-day rows are derived."""
         self._definitions = definitions
 
     @property
@@ -52,10 +55,30 @@ class MerchantView:
             raise ValueError("this view was made without its definitions")
         return self._definitions
 
-    def rows(self, metrics: Sequence[str], start: int, end: int, dimension: str = "") -> list[Row]:
-        """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants)."""
-        return self._store.read_rows(
-            self._version, self.merchant_id, metrics, start, end, dimension, self.sealed_through
+    def rows(
+        self,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+        by_day: bool = False,
+    ) -> list[Row]:
+        """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants).
+
+        ``by_day``: the periods asked for are whole local days of the merchant's own zone
+        (``start`` a local midnight there), so derived day rows may stand for their 96
+        buckets up to :attr:`days_through`.
+        """
+        cut = start
+        if by_day and self.days_through is not None:
+            cut = min(max(start, self.days_through), end)
+        daily = (
+            self._store.read_days(self._version, self.merchant_id, metrics, start, cut, dimension)
+            if cut > start
+            else []
+        )
+        return daily + self._store.read_rows(
+            self._version, self.merchant_id, metrics, cut, end, dimension, self.sealed_through
         )
 
     def members(self, metric: str, dimension: str, start: int, end: int) -> list[tuple[str, int]]:
@@ -141,15 +164,17 @@ def timeseries(
     bounds: Sequence[int],
     group_by: str | None = None,
     top: int = 5,
+    by_day: bool = False,
 ) -> list[Series]:
-    """The metric over the periods ``bounds``: the total, or its top members plus "other"."""
+    """The metric over the periods ``bounds``: the total, or its top members plus "other";
+    ``by_day`` as in :meth:`MerchantView.rows`."""
     start, end = bounds[0], bounds[-1]
     periods = len(bounds) - 1
     if group_by is None:
-        return [Series(None, _total_values(view, definitions, metric, bounds, start, end))]
+        return [Series(None, _total_values(view, definitions, metric, bounds, by_day))]
     members = view.members(metric.name, group_by, start, end)
     chosen = [m for m, _ in members[:top]]
-    rows = view.rows([metric.name], start, end, group_by)
+    rows = view.rows([metric.name], start, end, group_by, by_day)
     per_member = fold(rows, metric, bounds)
     series = [Series(m, per_member.get(m, [_value(metric, None)] * periods)) for m in chosen]
     rest = [r for r in rows if r[_MEMBER] not in chosen]
@@ -165,12 +190,11 @@ def _total_values(
     definitions: Definitions,
     metric: Metric,
     bounds: Sequence[int],
-    start: int,
-    end: int,
+    by_day: bool,
 ) -> list[Any]:
     periods = len(bounds) - 1
     names = definitions.dependencies(metric)
-    rows = view.rows(names, start, end)
+    rows = view.rows(names, bounds[0], bounds[-1], "", by_day)
     if metric.stored:
         return fold(rows, metric, bounds).get(None, [_value(metric, None)] * periods)
     parts = {}
