@@ -329,7 +329,10 @@ def parse_hour_option(name: str, text: str | None) -> datetime | None:
 @contextmanager
 def _engine(config: Config) -> Iterator[Engine]:
     engine = open_engine(
-        config.batch.engine, threads=config.batch.threads, chunk_rows=config.batch.chunk_rows
+        config.batch.engine,
+        threads=config.batch.threads,
+        chunk_rows=config.batch.chunk_rows,
+        master=config.batch.spark_master or None,
     )
     try:
         yield engine

@@ -5,7 +5,8 @@ An engine reads archived rows (:data:`mercato.archive.schema.SCHEMA`), keeps one
 runs the rollup kernel (:func:`mercato.metrics.kernel.rollup`, the same one the aggregator
 runs) over them, merging the partials of its chunks with :func:`~mercato.metrics.kernel.merge`.
 Engines differ only in who reads, de-duplicates and schedules: DuckDB in this process
-(the embedded default); Spark (extra ``[spark]``) is the next one.
+(the embedded default, :mod:`mercato.batch.duckdb`) or Spark on its executors (extra
+``[spark]``, :mod:`mercato.batch.spark`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow as pa
 from mercato.batch.errors import EngineError
 from mercato.metrics.definitions import Definitions
 
-ENGINES = ("duckdb",)
+ENGINES = ("duckdb", "spark")
 
 
 class Rollup(msgspec.Struct, frozen=True):
@@ -40,10 +41,24 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def open_engine(name: str, *, threads: int = 0, chunk_rows: int = 500_000) -> Engine:
-    """The engine called ``name`` (one of :data:`ENGINES`)."""
-    from mercato.batch.duckdb import DuckDbEngine  # noqa: PLC0415 (the module imports this one)
-
+def open_engine(
+    name: str, *, threads: int = 0, chunk_rows: int = 500_000, master: str | None = None
+) -> Engine:
+    """The engine called ``name`` (one of :data:`ENGINES`); ``master`` is Spark's (default:
+    local mode with ``threads`` cores)."""
+    # the engine modules import this one; spark's imports pyspark, an optional extra
     if name == "duckdb":
+        from mercato.batch.duckdb import DuckDbEngine  # noqa: PLC0415
+
         return DuckDbEngine(threads=threads, chunk_rows=chunk_rows)
+    if name == "spark":
+        try:
+            from mercato.batch.spark import SparkEngine  # noqa: PLC0415
+        except ImportError as exc:
+            missing = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise EngineError(
+                f"the spark batch engine needs the [spark] extra, pip install 'mercato[spark]'"
+                f" ({missing})"
+            ) from None
+        return SparkEngine(threads=threads, chunk_rows=chunk_rows, master=master)
     raise EngineError(f"unknown batch engine {name!r}: one of {', '.join(ENGINES)}")
