@@ -177,10 +177,10 @@ def run_archiver(ctx: click.Context, partitions: str | None) -> None:
 @click.pass_context
 @friendly
 def run_api(ctx: click.Context) -> None:
-    """The merchant query API ([api] host and port; docs at /docs)."""
+    """The query API, the dashboards and the operator console ([api] host and port)."""
     from mercato.query.server import serve
 
-    serve(_config(ctx))
+    serve(_config(ctx), config_path=ctx.obj.get("config_path"))
 
 
 @run.command("scheduler")

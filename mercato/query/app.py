@@ -20,7 +20,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from mercato.batch.versions import definitions_of
 from mercato.config import ApiConfig
@@ -29,10 +29,11 @@ from mercato.query.openapi import DOCS_HTML, openapi
 from mercato.query.periods import GRANULARITIES, local_midnight, periods
 from mercato.query.series import MerchantView, Series, timeseries
 from mercato.query.tokens import TokenError, TokenSigner
-from mercato.store.base import Store, check_timezone
+from mercato.store.base import Store, check_timezone, days_watermark
 from mercato.store.errors import StoreError
 
 CACHE_SECONDS = 1.0
+MAX_OVERVIEW_METRICS = 50
 
 
 class ApiError(Exception):
@@ -96,17 +97,17 @@ class QueryApi:
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.app = Starlette(
             routes=[
-                Route("/v1/metrics", self._guard(self.catalogue)),
-                Route("/v1/metrics/{name}", self._guard(self.metric)),
-                Route("/v1/overview", self._guard(self.overview)),
-                Route("/v1/admin/tokens", self._guard(self.issue_token), methods=["POST"]),
+                Route("/v1/metrics", self.guard(self.catalogue)),
+                Route("/v1/metrics/{name}", self.guard(self.metric)),
+                Route("/v1/overview", self.guard(self.overview)),
+                Route("/v1/admin/tokens", self.guard(self.issue_token), methods=["POST"]),
                 Route(
                     "/v1/admin/merchants/{merchant_id}/timezone",
-                    self._guard(self.set_timezone),
+                    self.guard(self.set_timezone),
                     methods=["PUT"],
                 ),
                 Route("/livez", lambda _: _json({"status": "ok"})),
-                Route("/metrics", self._guard(self.prometheus)),
+                Route("/metrics", self.guard(self.prometheus)),
                 Route("/openapi.json", lambda _: _json(openapi())),
                 Route("/docs", lambda _: HTMLResponse(DOCS_HTML)),
             ]
@@ -114,9 +115,11 @@ class QueryApi:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _guard(
+    def guard(
         self, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` with :class:`ApiError` answered as a JSON error."""
+
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
@@ -153,7 +156,20 @@ class QueryApi:
         definitions = self._versions.get(version)
         if definitions is None:
             definitions = self._versions[version] = definitions_of(self.store, version)
-        return MerchantView(self.store, version, merchant, sealed, definitions)
+        # not cached: a zone change drops the days at once, and a stale mark would read them
+        days = self.store.watermark(days_watermark(merchant), version)
+        return MerchantView(self.store, version, merchant, sealed, definitions, days)
+
+    def definitions_of(self, version: int) -> Definitions:
+        """The definitions of a version (read once: a version's definitions never change)."""
+        definitions = self._versions.get(version)
+        if definitions is None:
+            definitions = self._versions[version] = definitions_of(self.store, version)
+        return definitions
+
+    def add_routes(self, routes: Sequence[BaseRoute]) -> None:
+        """Serve ``routes`` too (the operator endpoints, the dashboards)."""
+        self.app.router.routes.extend(routes)
 
     def _cached(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
         """``load()``, reused for a second: the serving version and merchants' zones change
@@ -168,7 +184,7 @@ class QueryApi:
         self._cache[key] = (now, value)
         return value
 
-    def _admin(self, request: Request) -> None:
+    def require_admin(self, request: Request) -> None:
         if not hmac.compare_digest(self._bearer(request), self._admin_token):
             raise ApiError(403, "forbidden", "this endpoint needs the admin token")
 
@@ -181,7 +197,8 @@ class QueryApi:
     # -- merchant endpoints -------------------------------------------------------------------
 
     async def catalogue(self, request: Request) -> Response:
-        definitions = self._merchant(request).definitions
+        view = self._merchant(request)
+        definitions = view.definitions
         metrics = [
             {
                 "name": m.name,
@@ -193,7 +210,8 @@ class QueryApi:
             }
             for m in definitions.content.metrics
         ]
-        return _json({"version": definitions.version, "metrics": metrics})
+        zone = self._zone(view, None).key
+        return _json({"version": definitions.version, "tz": zone, "metrics": metrics})
 
     async def metric(self, request: Request) -> Response:
         view = self._merchant(request)
@@ -246,7 +264,10 @@ class QueryApi:
                 f"{len(bounds) - 1} periods; at most {self.config.max_points}: "
                 "use a coarser granularity or a shorter range",
             )
-        series = timeseries(view, view.definitions, metric, bounds, group_by, top)
+        # day rows are days of the merchant's own zone: usable for whole local days there
+        own_zone = self._zone(view, None).key == zone.key
+        by_day = granularity in ("day", "week", "month") and own_zone
+        series = timeseries(view, view.definitions, metric, bounds, group_by, top, by_day)
         return {
             "metric": metric.name,
             "kind": metric.kind,
@@ -266,16 +287,26 @@ class QueryApi:
         start, end = self._range(
             request.query_params.get("from"), request.query_params.get("to"), zone
         )
-        body = self._overview_body(view, zone, start, end)
+        names = self.config.overview
+        if chosen := request.query_params.get("metrics"):
+            names = [name for name in chosen.split(",") if name][:MAX_OVERVIEW_METRICS]
+            for name in names:
+                self._metric(view, name)
+        body = self._overview_body(view, zone, start, end, names)
         return _json(body)
 
     def _overview_body(
-        self, view: MerchantView, zone: ZoneInfo, start: datetime, end: datetime
+        self,
+        view: MerchantView,
+        zone: ZoneInfo,
+        start: datetime,
+        end: datetime,
+        names: Sequence[str],
     ) -> dict[str, Any]:
         before_start, before_end = _shifted(start, end, "previous_period", zone)
         now, then = _epochs(start, end), _epochs(before_start, before_end)
         kpis = []
-        for name in self.config.overview:
+        for name in names:
             metric = view.definitions.metrics.get(name)
             if metric is None or metric.kind == "percentile":
                 continue
@@ -326,7 +357,7 @@ class QueryApi:
     # -- admin endpoints ----------------------------------------------------------------------
 
     async def issue_token(self, request: Request) -> Response:
-        self._admin(request)
+        self.require_admin(request)
         try:
             body = msgspec.json.decode(await request.body(), type=dict[str, Any])
         except msgspec.DecodeError:
@@ -341,7 +372,7 @@ class QueryApi:
         return _json({"token": token, "merchant_id": merchant, "expires_at": expires})
 
     async def set_timezone(self, request: Request) -> Response:
-        self._admin(request)
+        self.require_admin(request)
         try:
             body = msgspec.json.decode(await request.body(), type=dict[str, Any])
             zone = check_timezone(str(body.get("timezone", "")))

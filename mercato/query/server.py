@@ -1,13 +1,24 @@
-"""Running the query API: ``mercato run api``."""
+"""Running the query API: ``mercato run api`` (the JSON API, the admin endpoints behind the
+operator console, and the dashboards)."""
 
 from __future__ import annotations
 
+import threading
+from contextlib import suppress
+
 from mercato.asgi import serve_asgi
 from mercato.config import Config
+from mercato.dashboard import routes as dashboard_routes
+from mercato.errors import MercatoError
+from mercato.log import open_log
+from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
+from mercato.query.operations import Launcher, OperatorApi
 from mercato.query.tokens import TokenSigner, load_or_create
+from mercato.scheduler.jobs import SubprocessRunner
 from mercato.store import open_store
+from mercato.store.base import Store
 
 
 def signer_for(config: Config) -> TokenSigner:
@@ -19,15 +30,54 @@ def admin_token_for(config: Config) -> str:
     return config.api.admin_token or load_or_create(config.data_path / "admin.token")
 
 
-def serve(config: Config, *, announce: bool = True) -> None:
-    """Serve until SIGINT or SIGTERM; requests in flight finish first."""
+class LogOpener:
+    """The log, opened on first use and only if it exists: the API never creates one, and
+    answers without the log's figures on a machine that has none."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._log: Log | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Log | None:
+        with self._lock:
+            if self._log is None and (self._config.log_path / "meta.json").exists():
+                self._log = open_log(self._config)
+            return self._log
+
+    def close(self) -> None:
+        with self._lock, suppress(MercatoError, OSError):
+            if self._log is not None:
+                self._log.close()
+
+
+def build(
+    config: Config, store: Store, log: LogOpener, config_path: str | None = None
+) -> tuple[QueryApi, OperatorApi]:
+    """The query API with the operator endpoints and the dashboards mounted."""
     definitions = load_definitions(config.aggregator.definitions or None)
+    api = QueryApi(config.api, store, definitions, signer_for(config), admin_token_for(config))
+    launcher = Launcher(SubprocessRunner(config_path))
+    operator = OperatorApi(config, store, api, launcher, log=log)
+    api.add_routes([*operator.routes(), *dashboard_routes()])
+    return api, operator
+
+
+def serve(config: Config, *, config_path: str | None = None, announce: bool = True) -> None:
+    """Serve until SIGINT or SIGTERM; requests in flight finish first."""
+    log = LogOpener(config)
     with open_store(config) as store:
-        api = QueryApi(config.api, store, definitions, signer_for(config), admin_token_for(config))
+        api, operator = build(config, store, log, config_path)
         if announce:
+            base = f"http://{config.api.host}:{config.api.port}"
             print(
-                f"mercato api on http://{config.api.host}:{config.api.port} "
-                f"(docs at /docs, store {config.store_path})",
+                f"mercato api on {base} (docs at /docs, dashboard at /, console at /console, "
+                f"store {config.store_path})",
                 flush=True,
             )
-        serve_asgi(api.app, config.api.host, config.api.port)
+        operator.start()
+        try:
+            serve_asgi(api.app, config.api.host, config.api.port)
+        finally:
+            operator.stop()
+            log.close()
