@@ -151,6 +151,7 @@ DEFAULT_JOBS: dict[str, dict[str, Any]] = {
     "compact": {"schedule": "7 * * * *", "command": ["archive", "compact", "--all"]},
     "retention": {"schedule": "30 3 * * *", "command": ["log", "retention"]},
     "drift": {"schedule": "15 * * * *", "command": ["drift"]},
+    "prune": {"schedule": "45 3 * * *", "command": ["versions", "prune"]},
 }
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 

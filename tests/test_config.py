@@ -93,6 +93,7 @@ def test_default_jobs():
         "compact": ("7 * * * *", ["archive", "compact", "--all"]),
         "retention": ("30 3 * * *", ["log", "retention"]),
         "drift": ("15 * * * *", ["drift"]),
+        "prune": ("45 3 * * *", ["versions", "prune"]),
     }
     assert all(job.enabled for job in jobs.values())
 
@@ -109,7 +110,7 @@ def test_a_job_table_changes_adds_or_disables_jobs(tmp_path):
     assert not jobs["drift"].enabled
     assert jobs["report"].command == ["/opt/report.sh"]
     assert jobs["report"].retries == 2
-    assert set(jobs) == {"seal", "compact", "retention", "drift", "report"}
+    assert set(jobs) == {"seal", "compact", "retention", "drift", "prune", "report"}
 
 
 def test_scheduler_settings_and_jobs_from_environment():

@@ -72,7 +72,7 @@ def test_list_shows_every_job_with_its_schedule(jobs: Jobs) -> None:
     result = jobs("list")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("│ ")}
-    assert set(lines) == {"seal", "compact", "retention", "drift", "ok", "broken"}
+    assert set(lines) == {"seal", "compact", "retention", "drift", "prune", "ok", "broken"}
     assert "*/5 * * * *" in lines["seal"]
     assert "disabled" in lines["drift"]
     assert "mercato seal" in lines["seal"]
@@ -143,7 +143,7 @@ def test_an_unknown_job_is_one_line_and_exit_2(jobs: Jobs, args: list[str]) -> N
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: no job named 'sael' is configured (jobs: broken, compact, drift, ok, "
-        "retention, seal)"
+        "prune, retention, seal)"
     ]
 
 

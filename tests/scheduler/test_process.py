@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mercato.config import StoreConfig
+from mercato.config import DEFAULT_JOBS, StoreConfig
 from mercato.store.sqlite import SqliteStore
 
 LEASE_SECONDS = 2.0
@@ -60,7 +60,7 @@ class Setup:
         self.config = tmp_path / "mercato.toml"
         disabled = "".join(
             f"[scheduler.jobs.{name}]\nenabled = false\n"
-            for name in ("seal", "compact", "retention", "drift")
+            for name in DEFAULT_JOBS
         )
         self.config.write_text(
             textwrap.dedent(f"""\
