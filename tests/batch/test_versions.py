@@ -235,6 +235,11 @@ def test_the_aggregator_service_follows_a_promote(tmp_path: Path) -> None:
     engine = DuckDbEngine()
     log = open_log(config)
     try:
+        deadline = time.monotonic() + 60
+        while f"definitions {OLD.version}" not in (tmp_path / "aggregator.out").read_text():
+            assert service.poll() is None, (tmp_path / "aggregator.out").read_text()
+            assert time.monotonic() < deadline, "the aggregator did not start"
+            time.sleep(0.1)
         with SqliteStore(config.store_path, StoreConfig()) as store:
             new = reprocess(store, config.archive_path, NEW, engine, start=None, end=None,
                             grace=GRACE).version  # fmt: skip
