@@ -37,7 +37,7 @@ from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
-from mercato.query.server import signer_for
+from mercato.query.server import admin_token_for, signer_for
 from mercato.store import open_store
 
 
@@ -171,6 +171,17 @@ def _introduce(
     console.print(f"[bold]write key[/]  {secret}")
     console.print(f"[bold]query API[/]  {api_url}   docs: {api_url}/docs")
     console.print(f"[bold]token[/]      {token}   (merchant {merchant}, 7 days)", soft_wrap=True)
+    console.print(
+        f"[bold]dashboard[/]  {api_url}/app   signed in as {merchant}: {api_url}/#token={token}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"[bold]console[/]    {api_url}/console   signed in as admin: "
+        f"{api_url}/#token={admin_token_for(config)}",
+        soft_wrap=True,
+        highlight=False,
+    )
     console.print(
         f"[bold]try[/]        curl -H 'Authorization: Bearer {token}' "
         f"'{api_url}/v1/metrics/gross_revenue?granularity=day&group_by=channel'",

@@ -30,6 +30,111 @@ _ERRORS = {
 _MERCHANT: list[dict[str, list[str]]] = [{"merchantToken": []}]
 
 
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
+_ADMIN_ERRORS = {
+    "401": {"description": "No token."},
+    "403": {"description": "Not the admin token."},
+}
+
+
+def _admin(
+    summary: str, answer: str, parameters: list[dict[str, Any]] | None = None, status: str = "200"
+) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": _ADMIN,
+        **({"parameters": parameters} if parameters else {}),
+        "responses": {status: {"description": answer}, **_ADMIN_ERRORS},
+    }
+
+
+_VERSION = _param("version", "Definitions version id", {"type": "integer"}, "path")
+_STARTED = "The command started: an operation {id, command, started_at}; see /v1/admin/operations"
+
+# The operator console's endpoints (mercato.query.operations): reads across merchants, and
+# actions run as mercato commands in subprocesses.
+ADMIN_PATHS: dict[str, dict[str, Any]] = {
+    "/v1/admin/pipeline": {
+        "get": _admin(
+            "Log offsets per partition, each consumer's offsets and lag, freshness of every layer",
+            "partitions, consumers (offsets, lag per partition), freshness",
+        )
+    },
+    "/v1/admin/ingest": {
+        "get": _admin(
+            "Ingest rates over the last hour: events/s into the log, accepted and rejected "
+            "events/s and 4xx/5xx requests/s at the collector (sampled by this API process)",
+            "points, totals, error (why the collector could not be read)",
+        )
+    },
+    "/v1/admin/jobs": {
+        "get": _admin(
+            "The scheduler's jobs and their latest attempts",
+            "jobs, runs",
+            [_param("limit", "Attempts to return", {"type": "integer", "default": 50})],
+        )
+    },
+    "/v1/admin/jobs/{name}/run": {
+        "post": _admin(
+            "Run a job now, with its retries, recorded (mercato jobs run NAME)",
+            _STARTED,
+            [_param("name", "Job name", {"type": "string"}, "path")],
+            "202",
+        )
+    },
+    "/v1/admin/versions": {
+        "get": _admin(
+            "Definitions versions, the serving one and the serving switches",
+            "serving, versions, history",
+        )
+    },
+    "/v1/admin/versions/{version}/diff": {
+        "get": _admin(
+            "Final values per merchant, metric and UTC day where two versions differ",
+            "old, new, rows, truncated",
+            [
+                _VERSION,
+                _param(
+                    "against", "The other version (default: the serving one)", {"type": "integer"}
+                ),
+                _param("from", "First UTC day (default: 30 days ago)", {"type": "string"}),
+                _param("to", "UTC day to stop before (default: tomorrow)", {"type": "string"}),
+                _param("limit", "Most rows", {"type": "integer", "default": 200}),
+            ],
+        )
+    },
+    "/v1/admin/versions/{version}/promote": {
+        "post": _admin("Make a version serve (mercato promote N)", _STARTED, [_VERSION], "202")
+    },
+    "/v1/admin/rollback": {
+        "post": _admin(
+            "Make the previous version serve again (mercato rollback)", _STARTED, None, "202"
+        )
+    },
+    "/v1/admin/operations": {
+        "get": _admin(
+            "Commands this API process started, with their exit code and output's tail",
+            "operations",
+        )
+    },
+    "/v1/admin/archive": {
+        "get": _admin(
+            "Committed archive files and bytes, and per UTC hour whether it holds files and "
+            "whether it is sealed",
+            "files, bytes, partitions, hours",
+            [_param("days", "Hours of the last this many days", {"type": "integer", "default": 7})],
+        )
+    },
+    "/v1/admin/merchants/{merchant_id}": {
+        "get": _admin(
+            "A merchant's time zone and whether it has data in the last 90 days",
+            "merchant_id, timezone, has_data, counts per metric",
+            [_param("merchant_id", "Merchant", {"type": "string"}, "path")],
+        )
+    },
+}
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the query API."""
     return {
@@ -52,7 +157,12 @@ def openapi() -> dict[str, Any]:
                 "get": {
                     "summary": "The metric catalogue",
                     "security": _MERCHANT,
-                    "responses": {"200": {"description": "Metrics with kind, unit, dimensions"}},
+                    "responses": {
+                        "200": {
+                            "description": "version, tz (the merchant's zone), metrics with "
+                            "kind, unit, dimensions"
+                        }
+                    },
                 }
             },
             "/v1/metrics/{name}": {
@@ -97,7 +207,15 @@ def openapi() -> dict[str, Any]:
                 "get": {
                     "summary": "KPI values for a range with their change vs the previous period",
                     "security": _MERCHANT,
-                    "parameters": _RANGE,
+                    "parameters": [
+                        *_RANGE,
+                        _param(
+                            "metrics",
+                            "Comma-separated metrics (default: the configured KPIs); "
+                            "percentiles are left out",
+                            {"type": "string"},
+                        ),
+                    ],
                     "responses": {"200": {"description": "kpis"}, **_ERRORS},
                 }
             },
@@ -130,6 +248,7 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "the stored zone"}},
                 }
             },
+            **ADMIN_PATHS,
         },
     }
 

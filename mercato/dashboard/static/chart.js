@@ -53,7 +53,10 @@ function provisionalBand(from) {
           ctx.fillRect(left, u.bbox.top, right - left, u.bbox.height);
           ctx.fillStyle = "#555";
           ctx.font = `${Math.round(11 * devicePixelRatio)}px system-ui, sans-serif`;
-          ctx.fillText("provisional", left + 4 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+          const text = "provisional";
+          const width = ctx.measureText(text).width;
+          const x = left + 4 * devicePixelRatio + width <= right ? left + 4 * devicePixelRatio : right - width - 4 * devicePixelRatio;
+          ctx.fillText(text, x, u.bbox.top + 12 * devicePixelRatio);
           ctx.restore();
         },
       ],
