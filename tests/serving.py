@@ -22,11 +22,12 @@ from mercato.config import StoreConfig
 from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.metrics.batch import BatchBuilder
-from mercato.metrics.definitions import Definitions, load_definitions
+from mercato.metrics.definitions import Definitions, load_definitions, parse_definitions
 from mercato.metrics.kernel import rollup
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
 
+DEFAULT_DEFINITIONS = Path(__file__).resolve().parents[1] / "mercato" / "metrics" / "default.yaml"
 SECRET = "dashboard-test-secret"
 ADMIN = "dashboard-test-admin-token"
 ZONES = {"m_1": "Asia/Kolkata", "m_2": "America/New_York"}
@@ -93,11 +94,13 @@ def _partials(definitions: Definitions, batch: list[NormalizedEvent]) -> Any:
     return rollup(table, definitions)
 
 
-def fill(data: Path, now: datetime, sealed_hours_ago: int = 5) -> list[NormalizedEvent]:
+def fill(
+    data: Path, now: datetime, sealed_hours_ago: int = 5, days: int = 40
+) -> list[NormalizedEvent]:
     """Store the events: all in the speed layer, and the hours before ``sealed_hours_ago``
     sealed as final (so answers hold both final and provisional points)."""
     definitions = load_definitions()
-    known = events(now)
+    known = events(now, days)
     through = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=sealed_hours_ago)
     final = _partials(definitions, [e for e in known if e.event_time < through])
     hours = pc.multiply(pc.divide(final["bucket"], 3600), 3600)  # integer division
@@ -170,3 +173,36 @@ class ApiProcess:
     def stop(self) -> None:
         self.process.terminate()
         assert self.process.wait(timeout=30) == 0, self.output.read_text()
+
+
+WEB_ONLY = """
+  - name: gross_revenue
+    kind: sum
+    unit: money
+    description: Amount of completed web orders
+    events: [order_completed]
+    value: properties.amount
+    where:
+      - {field: properties.channel, op: eq, value: web}
+    dimensions: [channel, country, payment_method]
+"""
+
+
+def shadow_version(data: Path, known: list[NormalizedEvent], hours: int = 48) -> int:
+    """Register definitions whose gross revenue counts web orders only, and seal the last
+    ``hours`` hours before the serving version's seal watermark with them (a reprocess)."""
+    text = DEFAULT_DEFINITIONS.read_text()
+    start = text.index("  - name: gross_revenue")
+    end = text.index("  - name: orders")
+    definitions = parse_definitions(text[:start] + WEB_ONLY.lstrip("\n") + "\n" + text[end:])
+    with SqliteStore(data / "store.sqlite3", StoreConfig()) as store:
+        serving = store.serving_version()
+        assert serving is not None
+        through = store.watermark(SEALED_THROUGH, serving)
+        assert through is not None
+        version = register(store, definitions)
+        for hour in range(through - hours * 3600, through, 3600):
+            batch = [e for e in known if hour <= e.event_time.timestamp() < hour + 3600]
+            store.write_sealed_hour(version, hour, _partials(definitions, batch), "t", len(batch))
+        store.set_watermark(SEALED_THROUGH, version, through)
+    return version
