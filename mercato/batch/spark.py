@@ -9,10 +9,10 @@ batch API (``mapInArrow``): each task runs the rollup kernel over Arrow batches 
 Shuffling by merchant alone (it also satisfies the window's partitioning) puts each
 merchant's events in one task, so a partial key comes back from one task, not from all.
 
-The session starts on first use — seconds of JVM start-up — and stays for the engines that
-follow in the process, until :func:`stop_session`. Local mode by default
-(``local[threads]``, every core when ``threads`` is 0): the Python workers run this
-interpreter. On a cluster (``master``, e.g. ``spark://host:7077``) the executors need
+PySpark 4 and Java 17 or later. The session starts on first use — seconds of JVM start-up —
+and stays for the engines that follow in the process, until :func:`stop_session`. Local mode
+by default (``local[threads]``, every core when ``threads`` is 0): the Python workers run
+this interpreter. On a cluster (``master``, e.g. ``spark://host:7077``) the executors need
 ``mercato`` installed at the same version as the driver.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.observation import Observation
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -139,17 +139,18 @@ class SparkEngine:
     ) -> None:
         self.chunk_rows = chunk_rows
         self.master = master or f"local[{int(threads) or '*'}]"
-        self._spark = spark_session(self.master)
+        spark_session(self.master)  # start-up errors here, not at the first rollup
 
     def rollup(self, paths: Sequence[str], definitions: Definitions) -> Rollup:
         if not paths:
             return Rollup(empty_partials(), 0, 0)
         read, kept = Observation("archived_rows"), Observation("distinct_events")
         first = Window.partitionBy("merchant_id", "event_id").orderBy("log_partition", "log_offset")
+        spark = spark_session(self.master)
         try:
-            self._spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", self.chunk_rows)
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", self.chunk_rows)
             rows = (
-                self._spark.read.parquet(*paths)
+                spark.read.parquet(*paths)
                 .select(*SCHEMA.names)  # not the hive partition columns
                 .observe(read, F.count(F.lit(1)).alias("n"))
             )
@@ -161,7 +162,7 @@ class SparkEngine:
                 .observe(kept, F.count(F.lit(1)).alias("n"))
             )
             task = partial(rollup_task, definitions=definitions)
-            partials = _collect(distinct.mapInArrow(task, PARTIALS))
+            partials = distinct.mapInArrow(task, PARTIALS).toArrow()
             events, total = int(kept.get["n"]), int(read.get["n"])
         except (PySparkException, Py4JError) as exc:
             raise EngineError(f"Spark could not roll up the archive: {_first_line(exc)}") from exc
@@ -169,13 +170,6 @@ class SparkEngine:
 
     def close(self) -> None:
         """Nothing to release: the session stays for the process's next engine."""
-
-
-def _collect(frame: DataFrame) -> pa.Table:
-    if hasattr(frame, "toArrow"):  # Spark 4
-        return frame.toArrow()
-    batches = frame._collect_as_arrow()  # type: ignore[operator]  # Spark 3.5
-    return pa.Table.from_batches(batches, schema=PARTIAL_SCHEMA)
 
 
 def _first_line(exc: BaseException) -> str:
