@@ -125,5 +125,6 @@ def known(tmp_path_factory: pytest.TempPathFactory) -> Known:
 
 
 def serve_copy(known: Known, target: Path, **env: str) -> ApiProcess:
+    """``mercato run api`` on a copy of the known data (tests may change their copy)."""
     shutil.copytree(known.data, target)
     return ApiProcess(target, env)

@@ -226,6 +226,7 @@ async function loadOperations() {
   else {
     loadJobs().catch(() => {});
     loadVersions().catch(() => {});
+    refresh().catch(() => {});
   }
 }
 
