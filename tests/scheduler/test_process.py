@@ -58,10 +58,7 @@ class Setup:
         script.write_text(f"#!{sys.executable}\n{STAMP}")
         script.chmod(0o755)
         self.config = tmp_path / "mercato.toml"
-        disabled = "".join(
-            f"[scheduler.jobs.{name}]\nenabled = false\n"
-            for name in DEFAULT_JOBS
-        )
+        disabled = "".join(f"[scheduler.jobs.{name}]\nenabled = false\n" for name in DEFAULT_JOBS)
         self.config.write_text(
             textwrap.dedent(f"""\
                 data_dir = "{tmp_path / "data"}"
