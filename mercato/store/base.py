@@ -256,14 +256,18 @@ class Store(Protocol):
         position)."""
         ...
 
+    def days_to_rederive(self, version: int) -> list[str]:
+        """Merchants whose local days must all be derived again (their zone changed)."""
+        ...
+
     def final_merchants(self, version: int, start: int, end: int) -> list[str]:
         """The merchants with final rows in ``[start, end)`` (the batch layer's read across
         merchants, for deriving local days)."""
         ...
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
-        """Record the merchant's IANA time zone; a change drops its local-day rows and their
-        watermark (they are derived again in the new zone).
+        """Record the merchant's IANA time zone; a change drops its local-day rows and sets
+        their watermark to 0 (:meth:`days_to_rederive`: derived again in the new zone).
 
         Raises :class:`~mercato.store.errors.InvalidTimezoneError` for an unknown name.
         """

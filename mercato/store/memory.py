@@ -320,6 +320,15 @@ class MemoryStore:
         rows = table.filter(mask)
         return list(zip(*(rows[name].to_pylist() for name in rows.column_names), strict=True))
 
+    def days_to_rederive(self, version: int) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return sorted(
+                name.split("/", 1)[1]
+                for (name, v), value in self._watermarks.items()
+                if v == version and name.startswith("days_through/") and value == 0
+            )
+
     def final_merchants(self, version: int, start: int, end: int) -> list[str]:
         with self._lock:
             self._check_open()
@@ -340,7 +349,7 @@ class MemoryStore:
                 for key in [k for k in self._days if k[1] == merchant_id]:
                     del self._days[key]
                 for mark in [k for k in self._watermarks if k[0] == days_watermark(merchant_id)]:
-                    del self._watermarks[mark]
+                    self._watermarks[mark] = 0  # derive every day again
             self._timezones[merchant_id] = timezone
 
     def merchant_timezone(self, merchant_id: str) -> str | None:

@@ -449,7 +449,9 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
             )
             if (row[0] if row else "UTC") != timezone:  # its local days are other days now
                 db.execute("DELETE FROM daily_rollups WHERE merchant_id = ?", (merchant_id,))
-                db.execute("DELETE FROM watermarks WHERE name = ?", (days_watermark(merchant_id),))
+                db.execute(  # 0: derive every day again
+                    "UPDATE watermarks SET value = 0 WHERE name = ?", (days_watermark(merchant_id),)
+                )
 
     def merchant_timezone(self, merchant_id: str) -> str | None:
         with self._connection() as db:

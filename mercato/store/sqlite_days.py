@@ -5,7 +5,8 @@ partials' columns with ``day`` (epoch seconds of the local midnight, in the merc
 zone) in place of the bucket; the batch layer derives them from final rows
 (:mod:`mercato.batch.days`) so long ranges read one row per day instead of 96. How far a
 merchant's days are derived is the watermark ``days_through/<merchant>``; changing the
-merchant's time zone deletes both (see ``set_merchant_timezone``).
+merchant's time zone deletes its days and sets the watermark to 0: derive them all again
+(see ``set_merchant_timezone``).
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ class SqliteDays:
                 (version, merchant_id, *names, dimension, start, end),
             ).fetchall()
         return rows
+
+    def days_to_rederive(self, version: int) -> list[str]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT name FROM watermarks WHERE version = ? AND name LIKE 'days_through/%'"
+                " AND value = 0 ORDER BY name",
+                (version,),
+            ).fetchall()
+        return [str(name).split("/", 1)[1] for (name,) in rows]
 
     def final_merchants(self, version: int, start: int, end: int) -> list[str]:
         with self._connection() as db:

@@ -386,9 +386,11 @@ def test_local_days_replace_read_and_go_with_a_timezone_change(
         store.replace_days(v, "m1", 0, 86_400, partials(row("m2", bucket=0)))
     store.set_merchant_timezone("m1", "UTC")  # the zone it had: nothing changes
     assert store.watermark("days_through/m1", v) == 2 * 86_400
+    assert store.days_to_rederive(v) == []
     store.set_merchant_timezone("m1", "Asia/Kolkata")
     assert store.read_days(v, "m1", ["orders"], 0, 2 * 86_400) == []
-    assert store.watermark("days_through/m1", v) is None
+    assert store.watermark("days_through/m1", v) == 0
+    assert store.days_to_rederive(v) == ["m1"]
 
 
 def test_merchants_with_final_rows_in_a_range(store_factory: StoreFactory) -> None:
