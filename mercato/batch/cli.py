@@ -69,6 +69,7 @@ def seal(ctx: click.Context, start: str | None, end: str | None, force: bool, fm
             start=parse_hour_option("--from", start),
             end=parse_hour_option("--to", end),
             force=force,
+            partitions=config.log.partitions,
             progress=advance,
         )
     _print_seal(report, fmt)
@@ -99,6 +100,7 @@ def reprocess_command(ctx: click.Context, start: str, end: str, path: str | None
             start=parse_hour_option("--from", start),
             end=parse_hour_option("--to", end),
             grace=_grace(config),
+            partitions=config.log.partitions,
             progress=bar,
         )
         serving_now = store.serving_version()

@@ -4,11 +4,10 @@ An hour is **complete** once the archiver's watermark (see :mod:`mercato.archive
 at least ``grace`` past its end: every event received up to then is in the archive. A seal
 recomputes each complete hour with the batch engine (exact de-duplication by event id across
 the hour, the same rollup kernel as the stream) and replaces the hour's final rows in one
-store transaction, recording the hour's **fingerprint**: the log offset ranges of its archive
-files, per partition, with contiguous ranges joined (so compaction, which only merges
-contiguous files, does not change it). An hour whose fingerprint changed since its seal —
-late events landed in it — is *dirty* and sealed again; an unchanged one is skipped, so a
-seal is idempotent and cheap to run every few minutes.
+store transaction, recording the hour's **fingerprint**: per partition, the first and last
+log offsets its archive files cover (compaction does not change them). An hour whose
+fingerprint changed since its seal — late events landed in it — is *dirty* and sealed again;
+an unchanged one is skipped, so a seal is idempotent and cheap to run every few minutes.
 
 Afterwards the ``sealed_through`` watermark of the version moves to the end of the last
 complete hour: the query API serves final rows before it and speed rows after it, and
@@ -64,17 +63,15 @@ class SealReport(msgspec.Struct):
 
 
 def fingerprint(files: Iterable[ArchiveFile]) -> str:
-    """The hour's archive content, as offset ranges per partition (contiguous ones joined)."""
-    ranges: dict[int, list[list[int]]] = {}
-    for f in sorted(files, key=lambda f: (f.partition, f.first)):
-        runs = ranges.setdefault(f.partition, [])
-        if runs and runs[-1][1] + 1 == f.first:
-            runs[-1][1] = f.last
-        else:
-            runs.append([f.first, f.last])
-    text = ";".join(
-        f"{p}:" + ",".join(f"{a}-{b}" for a, b in runs) for p, runs in sorted(ranges.items())
-    )
+    """The hour's archive content: per partition, the first and last log offset its files
+    cover. Compaction keeps both (it merges files into one named by their outer range, gaps
+    included); new events in the hour come in a file past every committed offset, which
+    moves the last one."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for f in files:
+        low, high = ranges.get(f.partition, (f.first, f.last))
+        ranges[f.partition] = (min(low, f.first), max(high, f.last))
+    text = ";".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(ranges.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -88,14 +85,18 @@ def seal(
     start: datetime | None = None,
     end: datetime | None = None,
     force: bool = False,
+    partitions: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SealReport:
     """Seal the complete hours of ``archive`` in ``[start, end)`` (default: all) for the
-    definitions' version; ``force`` recomputes unchanged hours too (see the module docs)."""
+    definitions' version; ``force`` recomputes unchanged hours too (see the module docs);
+    ``partitions``: the log's partition count (a partition the archiver never committed then
+    holds every hour back)."""
     text = msgspec.json.encode(msgspec.to_builtins(definitions.content)).decode()
     version = store.register_version(definitions.version, text)
     storage = open_storage(archive)
-    watermark = read_state(storage).watermark()
+    # every log partition must hold the watermark back, archived yet or not
+    watermark = read_state(storage).watermark(range(partitions) if partitions else None)
     report = SealReport(version, None if watermark is None else watermark - grace)
     if report.complete_before is None:
         logger.info("nothing to seal: the archiver has not committed every partition yet")

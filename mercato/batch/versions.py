@@ -99,6 +99,7 @@ def reprocess(
     start: datetime | None,
     end: datetime | None,
     grace: timedelta,
+    partitions: int | None = None,
     progress: Progress | None = None,
 ) -> SealReport:
     """Seal every complete hour in ``[start, end)`` with ``definitions`` into their version,
@@ -106,7 +107,7 @@ def reprocess(
     its definitions)."""
     return seal(
         store, archive, definitions, engine, grace=grace, start=start, end=end, force=True,
-        progress=progress,
+        partitions=partitions, progress=progress,
     )  # fmt: skip
 
 
@@ -170,7 +171,8 @@ def promote(
 ) -> PromoteReport:
     """Make ``version`` serve (see the module docs); a no-op switch if it already does."""
     definitions = definitions_of(store, version)
-    sealed = seal(store, archive, definitions, engine, grace=grace, progress=progress)
+    sealed = seal(store, archive, definitions, engine, grace=grace, partitions=log.partitions,
+                  progress=progress)  # fmt: skip
     through = store.watermark(SEALED_THROUGH, version)
     since = datetime.fromtimestamp(through, UTC) - REPLAY_MARGIN if through else None
     replayed = catch_up(log, store, definitions, since, progress=progress)

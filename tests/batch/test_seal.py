@@ -241,3 +241,20 @@ def test_seal_command_seals_then_finds_nothing_changed(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "--from takes a UTC hour" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_fingerprint_ignores_compaction_and_sees_new_files() -> None:
+    from mercato.archive.layout import ArchiveFile
+    from mercato.batch.seal import fingerprint
+
+    hour = T0
+    small = [
+        ArchiveFile(hour, 3, 0, 99),
+        ArchiveFile(hour, 3, 250, 300),
+        ArchiveFile(hour, 1, 5, 9),
+    ]
+    merged = [ArchiveFile(hour, 3, 0, 300), ArchiveFile(hour, 1, 5, 9)]  # across the gap
+    assert fingerprint(small) == fingerprint(merged)
+    late = [*merged, ArchiveFile(hour, 3, 900, 950)]
+    assert fingerprint(late) != fingerprint(merged)
+    assert fingerprint([*merged, ArchiveFile(hour, 2, 0, 0)]) != fingerprint(merged)
