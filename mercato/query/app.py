@@ -29,7 +29,7 @@ from mercato.query.openapi import DOCS_HTML, openapi
 from mercato.query.periods import GRANULARITIES, local_midnight, periods
 from mercato.query.series import MerchantView, Series, timeseries
 from mercato.query.tokens import TokenError, TokenSigner
-from mercato.store.base import Store, check_timezone, days_watermark
+from mercato.store.base import Store, check_timezone
 from mercato.store.errors import StoreError
 
 CACHE_SECONDS = 1.0
@@ -156,9 +156,7 @@ class QueryApi:
         definitions = self._versions.get(version)
         if definitions is None:
             definitions = self._versions[version] = definitions_of(self.store, version)
-        # not cached: a zone change drops the days at once, and a stale mark would read them
-        days = self.store.watermark(days_watermark(merchant), version)
-        return MerchantView(self.store, version, merchant, sealed, definitions, days)
+        return MerchantView(self.store, version, merchant, sealed, definitions)
 
     def definitions_of(self, version: int) -> Definitions:
         """The definitions of a version (read once: a version's definitions never change)."""

@@ -37,15 +37,12 @@ class MerchantView:
         merchant_id: str,
         sealed_through: int | None = None,
         definitions: Definitions | None = None,
-        days_through: int | None = None,
     ) -> None:
         self._store = store
         self._version = version
         self.merchant_id = merchant_id
         self.sealed_through = sealed_through
         """Epoch seconds before which rows are final (the batch layer's), None: none are."""
-        self.days_through = days_through
-        """The local midnight (merchant's zone) before which local-day rows are derived."""
         self._definitions = definitions
 
     @property
@@ -66,19 +63,12 @@ class MerchantView:
         """Partial rows as tuples in PARTIAL_SCHEMA order (see the ``_`` index constants).
 
         ``by_day``: the periods asked for are whole local days of the merchant's own zone
-        (``start`` a local midnight there), so derived day rows may stand for their 96
-        buckets up to :attr:`days_through`.
+        (``start`` a local midnight there), so derived local-day rows may stand for their 96
+        buckets (:meth:`~mercato.store.base.Store.read_rows_by_day`).
         """
-        cut = start
-        if by_day and self.days_through is not None:
-            cut = min(max(start, self.days_through), end)
-        daily = (
-            self._store.read_days(self._version, self.merchant_id, metrics, start, cut, dimension)
-            if cut > start
-            else []
-        )
-        return daily + self._store.read_rows(
-            self._version, self.merchant_id, metrics, cut, end, dimension, self.sealed_through
+        read = self._store.read_rows_by_day if by_day else self._store.read_rows
+        return read(
+            self._version, self.merchant_id, metrics, start, end, dimension, self.sealed_through
         )
 
     def members(self, metric: str, dimension: str, start: int, end: int) -> list[tuple[str, int]]:

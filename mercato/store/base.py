@@ -215,6 +215,21 @@ class Store(Protocol):
         API's fast path: no table to build and take apart again)."""
         ...
 
+    def read_rows_by_day(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+        sealed_through: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """What :meth:`read_rows` returns, with the merchant's local-day rows standing for
+        their buckets from ``start`` (a local midnight of its zone) up to its
+        ``days_through`` watermark, all from one snapshot."""
+        ...
+
     def members(
         self,
         version: int,

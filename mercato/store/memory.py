@@ -46,7 +46,7 @@ class MemoryStore:
     """A thread-safe store held in dictionaries; writes swap in their result atomically."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: read_rows_by_day reads under it
         self._closed = False
         self._versions: list[DefinitionVersion] = []
         self._serving: int | None = None
@@ -254,6 +254,27 @@ class MemoryStore:
     ) -> list[tuple[Any, ...]]:
         table = self.read(version, merchant_id, metrics, start, end, dimension, sealed_through)
         return list(zip(*(table[name].to_pylist() for name in table.column_names), strict=True))
+
+    def read_rows_by_day(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+        sealed_through: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        with self._lock:  # the watermark and the rows from one state of the store
+            self._check_open()
+            mark = self._watermarks.get((days_watermark(merchant_id), version))
+            days = min(max(start, mark), end) if mark is not None else start
+            daily = self.read_days(version, merchant_id, metrics, start, days, dimension)
+            rest = self.read_rows(
+                version, merchant_id, metrics, days, end, dimension,
+                None if sealed_through is None else max(days, sealed_through),
+            )  # fmt: skip
+        return daily + rest
 
     def members(
         self,

@@ -174,6 +174,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = ", ".join(PARTIAL_SCHEMA.names)
+DAY_COLUMNS = COLUMNS.replace("bucket", "day")
 
 
 def _upsert(table: str) -> str:
@@ -406,6 +407,47 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
                 " ORDER BY metric, dimension, member, bucket",
                 (*params, start, cut, *params, cut, end),
             ).fetchall()
+        return rows
+
+    def read_rows_by_day(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str = "",
+        sealed_through: int | None = None,
+    ) -> list[tuple[Any, ...]]:
+        names = metric_names(metrics)
+        if not names:
+            return []
+        marks = ", ".join("?" * len(names))
+        where = (
+            f"version = ? AND merchant_id = ? AND metric IN ({marks})"
+            " AND dimension = ? AND bucket >= ? AND bucket < ?"
+        )
+        params = (version, merchant_id, *names, dimension)
+        with self._connection() as db:
+            db.execute("BEGIN")  # one snapshot: the watermark and the rows it speaks for
+            try:
+                row = db.execute(
+                    "SELECT value FROM watermarks WHERE name = ? AND version = ?",
+                    (days_watermark(merchant_id), version),
+                ).fetchone()
+                days = min(max(start, int(row[0])), end) if row else start
+                low = days if sealed_through is None else max(days, sealed_through)
+                cut = min(low, end)
+                by_day = where.replace("bucket", "day")
+                rows: list[tuple[Any, ...]] = db.execute(
+                    f"SELECT {DAY_COLUMNS} FROM daily_rollups WHERE {by_day}"
+                    f" UNION ALL SELECT {COLUMNS} FROM final_rollups WHERE {where}"
+                    f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {where}"
+                    " ORDER BY 2, 3, 4, 5",
+                    (*params, start, days, *params, days, cut, *params, cut, end),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
         return rows
 
     def members(

@@ -18,7 +18,6 @@ from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.query.periods import periods
 from mercato.query.series import MerchantView, timeseries
-from mercato.store.base import days_watermark
 from mercato.store.sqlite import SqliteStore
 from tests.batch.test_seal import run_archiver
 
@@ -47,9 +46,8 @@ def daily(store: SqliteStore, version: int, merchant: str, zone: str, by_day: bo
     tz = ZoneInfo(zone)
     bounds = periods(datetime(2026, 10, 31, tzinfo=tz), datetime(2026, 11, 3, tzinfo=tz), "day", tz)
     view = MerchantView(
-        store, version, merchant, store.watermark(SEALED_THROUGH, version), DEFINITIONS,
-        store.watermark(days_watermark(merchant), version),
-    )  # fmt: skip
+        store, version, merchant, store.watermark(SEALED_THROUGH, version), DEFINITIONS
+    )
     out = []
     for name in ("orders", "gross_revenue", "average_order_value"):
         metric = DEFINITIONS.metrics[name]

@@ -393,6 +393,25 @@ def test_local_days_replace_read_and_go_with_a_timezone_change(
     assert store.days_to_rederive(v) == ["m1"]
 
 
+def test_reads_by_day_take_days_then_final_then_speed_rows(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    day = 86_400
+    store.write(v, "agg", partials(*(row(bucket=b, count=1) for b in (0, day, 2 * day))), {0: 1})
+    store.write_sealed_hour(v, day, partials(row(bucket=day, count=5)), "f", 5)
+    store.replace_days(v, "m1", 0, day, partials(row(bucket=0, count=7)), days_through=day)
+    got = store.read_rows_by_day(v, "m1", ["orders"], 0, 3 * day, "", 2 * day)
+    assert [(r[4], r[5]) for r in got] == [(0, 7), (day, 5), (2 * day, 1)]
+    assert store.read_rows_by_day(v, "m1", ["orders"], 0, 3 * day, "", None) == [
+        tuple(r.values()) for r in partials(row(bucket=0, count=7)).to_pylist()
+    ] + store.read_rows(v, "m1", ["orders"], day, 3 * day)
+    # from a start past the derived days, or for another merchant: the plain read
+    assert store.read_rows_by_day(v, "m1", ["orders"], day, 3 * day, "", 2 * day) == (
+        store.read_rows(v, "m1", ["orders"], day, 3 * day, "", 2 * day)
+    )
+    assert store.read_rows_by_day(v, "m2", ["orders"], 0, 3 * day) == []
+
+
 def test_merchants_with_final_rows_in_a_range(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
