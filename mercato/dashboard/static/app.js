@@ -239,26 +239,31 @@ function periodLabel(iso, granularity) {
   return localTime(iso);
 }
 
-// Lines of an answer: one per member (or per quantile for percentiles).
-function linesOf(answer, metric, dashed) {
+// Lines of an answer: one per member (or per quantile for percentiles). A member keeps its
+// colour in the compared period (`colours` maps members to colours across both answers).
+function linesOf(answer, metric, dashed, colours) {
+  const colour = (key) => {
+    if (key === "other") return OTHER_COLOUR;
+    if (!colours.has(key)) colours.set(key, PALETTE[colours.size % PALETTE.length]);
+    return colours.get(key);
+  };
   const lines = [];
-  answer.series.forEach((series, n) => {
-    const member = series.member ?? (dashed ? "previous period" : "total");
+  for (const series of answer.series) {
+    const member = series.member ?? "total";
     if (metric.kind === "percentile") {
-      const keys = Object.keys(series.values[0] ?? {});
-      keys.forEach((key, k) => lines.push({
-        label: dashed ? `${key}, previous` : key, key: `${member}:${key}`,
-        values: series.values.map((v) => v?.[key] ?? null),
-        colour: PALETTE[k % PALETTE.length], dash: dashed,
-      }));
+      for (const key of Object.keys(series.values[0] ?? {})) {
+        lines.push({
+          label: dashed ? `${key}, previous` : key, key: member, dash: dashed, colour: colour(key),
+          values: series.values.map((v) => v?.[key] ?? null),
+        });
+      }
     } else {
       lines.push({
-        label: dashed && series.member !== null ? `${member}, previous` : member, key: member,
-        values: series.values, dash: dashed,
-        colour: series.member === "other" ? OTHER_COLOUR : PALETTE[n % PALETTE.length],
+        label: dashed ? (series.member === null ? "previous period" : `${member}, previous`) : member,
+        key: member, values: series.values, dash: dashed, colour: colour(member),
       });
     }
-  });
+  }
   return lines;
 }
 
@@ -290,8 +295,9 @@ async function renderChart(metric, base, granularity, totals, mine) {
   }
   if (mine !== generation) return;
   const xs = answer.periods.map((p) => Date.parse(p) / 1000);
-  const lines = linesOf(answer, metric, false);
-  const previous = answer.compare ? linesOf(answer.compare, metric, true) : [];
+  const colours = new Map();
+  const lines = linesOf(answer, metric, false, colours);
+  const previous = answer.compare ? linesOf(answer.compare, metric, true, colours) : [];
   for (const line of previous) line.values = xs.map((_, i) => line.values[i] ?? null);
   const flags = answer.series[0]?.provisional ?? xs.map(() => true);
   const firstProvisional = flags.indexOf(true);
@@ -325,7 +331,7 @@ function total(metric, line, exact, isPrevious) {
     if (!values.length) return null;
     return metric.kind === "min" ? Math.min(...values) : Math.max(...values);
   }
-  if (exact && (line.key === "total" || line.key === "previous period")) return isPrevious ? exact.previous : exact.value;
+  if (exact && line.key === "total") return isPrevious ? exact.previous : exact.value;
   return undefined; // not derivable from the periods shown
 }
 

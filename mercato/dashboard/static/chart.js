@@ -92,7 +92,12 @@ function readoutPlugin(readout, lines, labels, unit) {
 export function timeChart(target, { xs, lines, stacked, provisionalFrom, tz, unit, labels }) {
   const readout = el("p", { class: "readout", "aria-live": "polite" });
   const holder = el("div", { class: "plot" });
-  target.replaceChildren(holder, readout);
+  const legend = el("ul", { class: "key", "aria-label": "Lines" }, lines.map((line) =>
+    el("li", {}, el("span", {
+      class: line.dash ? "mark dashed" : "mark",
+      style: `border-color: ${line.colour}; background: ${line.dash ? "transparent" : line.colour}`,
+    }), line.label)));
+  target.replaceChildren(legend, holder, readout);
   const data = [xs];
   const series = [{}];
   const bands = [];

@@ -155,6 +155,7 @@ async function loadArchive() {
     el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Day"),
       Array.from({ length: 24 }, (_, h) => el("th", { scope: "col" }, String(h).padStart(2, "0"))))),
     el("tbody", {}, [...days].map(([day, hours]) => el("tr", {}, el("th", { scope: "row" }, day),
+      Array.from({ length: Number(hours[0].hour.slice(11, 13)) }, () => el("td", { class: "none" })),
       hours.map((h) => el("td", { class: state(h), title: `${time(h.hour)} UTC: ${state(h)}, ${h.files} files, ${formatBytes(h.bytes)}` },
         el("span", { class: "sr" }, state(h))))))));
   $("archive").replaceChildren(
