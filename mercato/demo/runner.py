@@ -6,6 +6,7 @@ work) under one data directory; this process watches the log and the store and s
 flowing through. Ctrl-C stops the generator first, then the collector, which finishes the
 requests in flight, then the aggregator, which finishes its batch, then the archiver, the
 scheduler and the API. Running it again on the same directory resumes where it stopped.
+It prints links that open a merchant's dashboard and the operator console signed in.
 """
 
 from __future__ import annotations

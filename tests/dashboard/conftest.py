@@ -36,11 +36,19 @@ def chromium_path() -> str:
     return found
 
 
+_used: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nbrowser screenshots in {ARTIFACTS}")
+    _used.append(ARTIFACTS)
     return ARTIFACTS
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _used:
+        terminalreporter.write_line(f"browser screenshots in {_used[0]}")
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ function presetDays(range, zone) {
     case "last_month": return { from: monthStart(today, -1), to: monthStart(today) };
     case "custom":
       if (state.from && state.to && state.from <= state.to) return { from: state.from, to: addDays(state.to, 1) };
-      return presetDays("30d", zone);
+      return { ...presetDays("30d", zone), problem: "From is after To: showing the last 30 days." };
     default: return { from: addDays(today, -6), to: tomorrow };
   }
 }
@@ -135,7 +135,7 @@ function chosenRange(zone) {
   const days = presetDays(state.range, zone);
   const span = Math.round((Date.parse(days.to) - Date.parse(days.from)) / 86_400_000);
   const granularity = state.g || autoGranularity(state.range, span);
-  let { from, to } = days;
+  let { from, to, problem } = days;
   const now = Date.now();
   const today = partsIn(zone).day;
   if (granularity === "week") {
@@ -150,7 +150,7 @@ function chosenRange(zone) {
     const end = Math.floor(now / 60_000) * 60_000 + (step - (minute % step)) * 60_000;
     to = new Date(end).toISOString().replace(".000", "");
   }
-  return { from, to, granularity };
+  return { from, to, granularity, problem };
 }
 
 // -- loading -------------------------------------------------------------------------------
@@ -158,11 +158,11 @@ function chosenRange(zone) {
 async function render() {
   const mine = ++generation;
   const zone = state.tz || catalogue.tz;
-  const { from, to, granularity } = chosenRange(zone);
+  const { from, to, granularity, problem } = chosenRange(zone);
   const base = `from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&tz=${encodeURIComponent(zone)}`;
   document.body.dataset.loading = "true";
   $("range-label").textContent = `${from} to ${to.length === 10 ? `${to} (exclusive)` : localTime(to)}, ` +
-    `by ${granularity}, ${zone}`;
+    `by ${granularity}, ${zone}${problem ? `. ${problem}` : ""}`;
   controls.g.querySelector('option[value=""]').textContent = `Automatic (${granularity})`;
   const names = catalogue.metrics.filter((m) => m.kind !== "percentile").map((m) => m.name);
   const totals = api(`/v1/overview?${base}&metrics=${names.join(",")}`);
