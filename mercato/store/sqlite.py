@@ -389,25 +389,9 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
         dimension: str = "",
         sealed_through: int | None = None,
     ) -> list[tuple[Any, ...]]:
-        names = metric_names(metrics)
-        if not names:
-            return []
-        marks = ", ".join("?" * len(names))
-        where = (
-            f"version = ? AND merchant_id = ? AND metric IN ({marks})"
-            " AND dimension = ? AND bucket >= ? AND bucket < ?"
+        return self._layers(
+            version, merchant_id, metrics, start, end, dimension, sealed_through, by_day=False
         )
-        params = (version, merchant_id, *names, dimension)
-        cut = start if sealed_through is None else min(max(sealed_through, start), end)
-        with self._connection() as db:
-            # one statement, so both layers come from the same snapshot
-            rows: list[tuple[Any, ...]] = db.execute(
-                f"SELECT {COLUMNS} FROM final_rollups WHERE {where}"
-                f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {where}"
-                " ORDER BY metric, dimension, member, bucket",
-                (*params, start, cut, *params, cut, end),
-            ).fetchall()
-        return rows
 
     def read_rows_by_day(
         self,
@@ -419,6 +403,24 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
         dimension: str = "",
         sealed_through: int | None = None,
     ) -> list[tuple[Any, ...]]:
+        return self._layers(
+            version, merchant_id, metrics, start, end, dimension, sealed_through, by_day=True
+        )
+
+    def _layers(
+        self,
+        version: int,
+        merchant_id: str,
+        metrics: Sequence[str],
+        start: int,
+        end: int,
+        dimension: str,
+        sealed_through: int | None,
+        *,
+        by_day: bool,
+    ) -> list[tuple[Any, ...]]:
+        """Day rows up to the merchant's ``days_through`` (``by_day``), then final rows up to
+        ``sealed_through``, then speed rows: one snapshot."""
         names = metric_names(metrics)
         if not names:
             return []
@@ -429,25 +431,32 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
         )
         params = (version, merchant_id, *names, dimension)
         with self._connection() as db:
-            db.execute("BEGIN")  # one snapshot: the watermark and the rows it speaks for
-            try:
+            days = start
+            if by_day:
+                db.execute("BEGIN")  # the watermark and the rows it speaks for, together
                 row = db.execute(
                     "SELECT value FROM watermarks WHERE name = ? AND version = ?",
                     (days_watermark(merchant_id), version),
                 ).fetchone()
                 days = min(max(start, int(row[0])), end) if row else start
-                low = days if sealed_through is None else max(days, sealed_through)
-                cut = min(low, end)
-                by_day = where.replace("bucket", "day")
+            try:
+                cut = days if sealed_through is None else min(max(sealed_through, days), end)
+                daily = (
+                    f"SELECT {DAY_COLUMNS} FROM daily_rollups"
+                    f" WHERE {where.replace('bucket', 'day')} UNION ALL "
+                    if days > start
+                    else ""
+                )
                 rows: list[tuple[Any, ...]] = db.execute(
-                    f"SELECT {DAY_COLUMNS} FROM daily_rollups WHERE {by_day}"
-                    f" UNION ALL SELECT {COLUMNS} FROM final_rollups WHERE {where}"
+                    f"{daily}SELECT {COLUMNS} FROM final_rollups WHERE {where}"
                     f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {where}"
-                    " ORDER BY 2, 3, 4, 5",
-                    (*params, start, days, *params, days, cut, *params, cut, end),
-                ).fetchall()
+                    " ORDER BY 2, 3, 4, 5",  # metric, dimension, member, bucket
+                    (*((*params, start, days) if days > start else ()),
+                     *params, days, cut, *params, cut, end),
+                ).fetchall()  # fmt: skip
             finally:
-                db.execute("COMMIT")
+                if by_day:
+                    db.execute("COMMIT")
         return rows
 
     def members(
