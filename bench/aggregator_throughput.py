@@ -19,33 +19,19 @@ import json
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
 from benchstats import summary
+from workloads import fill
 
 from mercato.aggregator.aggregator import Aggregator
 from mercato.config import LogConfig, StoreConfig
-from mercato.demo.traffic import TrafficGenerator
-from mercato.events.native import decode_native, normalize_native
-from mercato.events.rules import EventRules
 from mercato.log.base import LogReader
 from mercato.log.file import FileLog
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import rollup
 from mercato.store.sqlite import SqliteStore
-
-
-def fill(log: FileLog, events: int, merchants: int) -> None:
-    generator = TrafficGenerator(merchants=merchants, seed=1)
-    rules = EventRules()
-    now = datetime.now(UTC)
-    for _ in range(events // 10_000):
-        body = msgspec.json.encode(generator.batch(10_000, now))
-        records = normalize_native(decode_native(body, ndjson=False), now, "bench", rules)
-        log.append(records)
 
 
 def main() -> None:
