@@ -39,7 +39,7 @@ class ConfigError(MercatoError):
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[log]``: the durable event log between collectors and consumers."""
 
-    backend: Literal["file"] = "file"
+    backend: Literal["file", "kafka"] = "file"
     partitions: Positive = 8
     segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 128 * 1024 * 1024
     retention_hours: NonNegative = 168
@@ -48,6 +48,12 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=lambda: ["aggregator", "archiver"]
     )
     fsync: bool = True
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_topic: str = "mercato-events"
+    kafka_replication_factor: Positive = 3
+    kafka_delivery_timeout_ms: Positive = 30_000
+    kafka_queue_max_messages: Positive = 1_000_000
+    kafka_linger_ms: NonNegative = 5
 
 
 class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -14,6 +14,10 @@ __all__ = ["Log", "LogEntry", "LogReader", "Position", "Record", "open_log", "pa
 
 def open_log(config: Config) -> Log:
     """The log the configuration names (``[log] backend``), opened and recovered."""
+    if config.log.backend == "kafka":
+        from mercato.log.kafka import KafkaLog
+
+        return KafkaLog(config.log)
     from mercato.log.file import FileLog
 
     return FileLog(config.log_path, config.log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +15,37 @@ from mercato.log.memory import MemoryLog
 
 LogFactory = Callable[..., Log]
 
+_topics = itertools.count()
 
-@pytest.fixture(params=["memory", "file"])
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[object]:
+    """One librdkafka mock cluster of three brokers for the session (each test its topic)."""
+    from mercato.log.kafka_mock import MockKafkaCluster
+
+    with MockKafkaCluster(brokers=3) as cluster:
+        yield cluster
+
+
+def kafka_config(cluster: object, partitions: int, **overrides: object) -> LogConfig:
+    """A fresh topic of ``partitions`` partitions on ``cluster`` and a config naming it."""
+    from mercato.log.kafka_mock import MockKafkaCluster
+
+    assert isinstance(cluster, MockKafkaCluster)
+    topic = f"events-{next(_topics)}"
+    cluster.create_topic(topic, partitions)
+    settings: dict[str, object] = {
+        "backend": "kafka",
+        "partitions": partitions,
+        "kafka_bootstrap_servers": cluster.bootstraps,
+        "kafka_topic": topic,
+        "kafka_linger_ms": 1,
+        **overrides,
+    }
+    return LogConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory", "file", "kafka"])
 def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogFactory]:
     """``make(partitions=4)`` opens a log of the parametrized backend; all are closed after."""
     opened: list[Log] = []
@@ -24,6 +54,11 @@ def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogF
         log: Log
         if request.param == "memory":
             log = MemoryLog(partitions)
+        elif request.param == "kafka":
+            from mercato.log.kafka import KafkaLog
+
+            cluster = request.getfixturevalue("kafka_cluster")
+            log = KafkaLog(kafka_config(cluster, partitions))
         else:
             log = FileLog(tmp_path / "log", LogConfig(partitions=partitions, fsync=False))
         opened.append(log)
@@ -34,13 +69,22 @@ def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogF
         log.close()
 
 
-@pytest.fixture(params=["file"])
+@pytest.fixture(params=["file", "kafka"])
 def durable_log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogFactory]:
     """Like ``log_factory`` for the backends that keep data across close and reopen."""
     opened: list[Log] = []
+    kafka: list[LogConfig] = []
 
     def make(partitions: int = 4) -> Log:
-        log = FileLog(tmp_path / "log", LogConfig(partitions=partitions, fsync=True))
+        log: Log
+        if request.param == "kafka":
+            from mercato.log.kafka import KafkaLog
+
+            if not kafka:
+                kafka.append(kafka_config(request.getfixturevalue("kafka_cluster"), partitions))
+            log = KafkaLog(kafka[0])
+        else:
+            log = FileLog(tmp_path / "log", LogConfig(partitions=partitions, fsync=True))
         opened.append(log)
         return log
 

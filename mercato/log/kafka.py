@@ -1,0 +1,302 @@
+"""The Kafka log (extra ``[kafka]``): the Log protocol over one topic, with confluent-kafka.
+
+Records are produced to ``[log] kafka_topic`` with the merchant id as key, to the partition
+``partition_for`` names (the same one librdkafka's ``consistent`` partitioner picks, so
+producers writing straight to the topic agree with the collector). The producer runs with
+``acks=all`` and idempotence, so a retried request is never stored twice and a partition
+keeps its order. A batch is acknowledged as a whole: one future per batch, completed when
+the last of its delivery reports arrives; a full local queue or a delivery timeout fails it
+with :class:`~mercato.log.errors.LogWriteError` (the collector answers 503 + Retry-After).
+
+Reads use consumers assigned to a partition and seeked to the wanted offset: no consumer
+group offsets, no auto-commit. Consumers keep their offsets in the Mercato store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, overload
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from mercato.log.base import LogEntry, PartitionStats, Position, Record, partition_for
+from mercato.log.errors import LogError, LogLayoutError, LogWriteError, OffsetOutOfRangeError
+
+if TYPE_CHECKING:
+    from mercato.config import LogConfig
+
+logger = logging.getLogger(__name__)
+
+READ_TIMEOUT_SECONDS = 30.0
+METADATA_TIMEOUT_SECONDS = 10.0
+
+
+class KafkaPositions(Sequence[Position]):
+    """The positions of a batch, from the offsets its delivery reports gave per partition."""
+
+    __slots__ = ("_items", "_offsets", "_routes")
+
+    def __init__(self, routes: Sequence[int], offsets: dict[int, list[int]]) -> None:
+        self._routes = routes
+        self._offsets = offsets
+        self._items: list[Position] | None = None
+
+    def _positions(self) -> list[Position]:
+        if self._items is None:
+            iterators = {p: iter(offsets) for p, offsets in self._offsets.items()}
+            self._items = [Position(p, next(iterators[p])) for p in self._routes]
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> Position: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Position]: ...
+
+    def __getitem__(self, index: int | slice) -> Position | list[Position]:
+        return self._positions()[index]
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[Position]:
+        return iter(self._positions())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return self._positions() == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Batch:
+    """One submitted batch: counts its delivery reports and completes its future once."""
+
+    __slots__ = ("future", "offsets", "remaining", "routes")
+
+    def __init__(self, routes: list[int]) -> None:
+        self.routes = routes
+        self.remaining = len(routes)
+        self.offsets: dict[int, list[int]] = {p: [] for p in set(routes)}
+        self.future: Future[Sequence[Position]] = Future()
+
+    def delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.fail(LogWriteError(f"kafka did not acknowledge the batch: {err.str()}"))
+            return
+        self.offsets[msg.partition()].append(msg.offset())
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            # Delivery reports of one partition come in offset order, like the routes.
+            self.future.set_result(KafkaPositions(self.routes, self.offsets))
+
+    def fail(self, exc: LogError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class KafkaLog:
+    """A log on a Kafka topic of ``config.partitions`` partitions (it must exist)."""
+
+    def __init__(self, config: LogConfig, client_id: str = "mercato") -> None:
+        self.config = config
+        self.topic = config.kafka_topic
+        self._partitions = config.partitions
+        common: dict[str, object] = {
+            "bootstrap.servers": config.kafka_bootstrap_servers,
+            "client.id": client_id,
+            "logger": logger,
+        }
+        self._common = common
+        self._producer = Producer(
+            {
+                **common,
+                "acks": "all",
+                "enable.idempotence": True,
+                "partitioner": "consistent",
+                "linger.ms": config.kafka_linger_ms,
+                "delivery.timeout.ms": config.kafka_delivery_timeout_ms,
+                "queue.buffering.max.messages": config.kafka_queue_max_messages,
+            }
+        )
+        self._meta = self._consumer()
+        self._meta_lock = threading.Lock()
+        self._readers: dict[int, tuple[Consumer, list[int]]] = {}
+        self._read_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._check_topic()
+        self._poller = threading.Thread(target=self._poll, name="kafka-log-poll", daemon=True)
+        self._poller.start()
+
+    def _consumer(self) -> Consumer:
+        return Consumer(
+            {
+                **self._common,
+                "group.id": "mercato-log-reader",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+
+    def _check_topic(self) -> None:
+        try:
+            metadata = self._meta.list_topics(self.topic, timeout=METADATA_TIMEOUT_SECONDS)
+        except KafkaException as exc:
+            self.close()
+            raise LogError(f"kafka at {self._common['bootstrap.servers']}: {exc}") from None
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            self.close()
+            raise LogLayoutError(
+                f"kafka topic {self.topic!r} does not exist; run `mercato kafka create-topics`"
+            )
+        if len(topic.partitions) != self._partitions:
+            self.close()
+            raise LogLayoutError(
+                f"kafka topic {self.topic!r} has {len(topic.partitions)} partitions, "
+                f"the configuration says {self._partitions} ([log] partitions)"
+            )
+
+    def _poll(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[Record]) -> Future[Sequence[Position]]:
+        if not records:
+            done: Future[Sequence[Position]] = Future()
+            done.set_result([])
+            return done
+        if self._closed.is_set():
+            raise LogWriteError("the kafka log is closed")
+        n = self._partitions
+        batch = _Batch([partition_for(r.key, n) for r in records])
+        produce, topic, delivered = self._producer.produce, self.topic, batch.delivered
+        try:
+            for record, p in zip(records, batch.routes, strict=True):
+                produce(topic, record.value, record.key, p, on_delivery=delivered)
+        except BufferError:
+            batch.fail(LogWriteError("the kafka producer queue is full"))
+        except KafkaException as exc:
+            batch.fail(LogWriteError(f"kafka refused the batch: {exc}"))
+        return batch.future
+
+    def append(self, records: Sequence[Record]) -> Sequence[Position]:
+        return self.submit(records).result()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _watermarks(self, partition: int) -> tuple[int, int]:
+        if not 0 <= partition < self._partitions:
+            raise ValueError(f"no partition {partition}; the log has {self._partitions}")
+        with self._meta_lock:
+            try:
+                low, high = self._meta.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=METADATA_TIMEOUT_SECONDS
+                )
+            except KafkaException as exc:
+                raise LogError(f"kafka: cannot read the offsets of {self.topic}: {exc}") from None
+        return int(low), int(high)
+
+    def start_offset(self, partition: int) -> int:
+        return self._watermarks(partition)[0]
+
+    def end_offset(self, partition: int) -> int:
+        return self._watermarks(partition)[1]
+
+    def read(self, partition: int, offset: int, max_records: int = 1000) -> list[LogEntry]:
+        low, high = self._watermarks(partition)
+        if offset < low:
+            raise OffsetOutOfRangeError(partition, offset, low)
+        want = min(max_records, high - offset)
+        if want <= 0:
+            return []
+        with self._read_lock:
+            consumer, position = self._reader(partition)
+            if position[0] != offset:
+                consumer.seek(TopicPartition(self.topic, partition, offset))
+            entries = self._consume(consumer, partition, offset, want)
+            position[0] = offset + len(entries)
+        return entries
+
+    def _reader(self, partition: int) -> tuple[Consumer, list[int]]:
+        reader = self._readers.get(partition)
+        if reader is None:
+            consumer = self._consumer()
+            consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
+            reader = self._readers[partition] = (consumer, [-1])
+        return reader
+
+    def _consume(
+        self, consumer: Consumer, partition: int, offset: int, want: int
+    ) -> list[LogEntry]:
+        entries: list[LogEntry] = []
+        deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        expected = offset
+        while len(entries) < want:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LogError(f"kafka: timed out reading {self.topic}/{partition} at {expected}")
+            for msg in consumer.consume(want - len(entries), timeout=min(remaining, 1.0)):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise LogError(f"kafka: reading {self.topic}/{partition}: {err.str()}")
+                at = msg.offset()
+                if at is None or at < expected:
+                    continue  # a fetch from before the seek
+                if at > expected and not entries:
+                    raise OffsetOutOfRangeError(partition, expected, at)
+                expected = at + 1
+                key = msg.key()
+                entries.append(
+                    LogEntry(
+                        partition,
+                        at,
+                        msg.timestamp()[1],
+                        key.decode("utf-8") if isinstance(key, bytes) else str(key or ""),
+                        msg.value() or b"",
+                    )
+                )
+        return entries
+
+    def stats(self) -> list[PartitionStats]:
+        return [
+            PartitionStats(partition=p, start_offset=low, end_offset=high)
+            for p in range(self._partitions)
+            for low, high in [self._watermarks(p)]
+        ]
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._producer.flush(self.config.kafka_delivery_timeout_ms / 1000)
+        self._closed.set()
+        if hasattr(self, "_poller"):
+            self._poller.join()
+        self._producer.poll(0)
+        with self._read_lock:
+            for consumer, _ in self._readers.values():
+                consumer.close()
+            self._readers.clear()
+        with self._meta_lock:
+            self._meta.close()

@@ -1,0 +1,172 @@
+"""KafkaLog beyond the shared contract: the partitioner, the topic check, and failures
+injected into librdkafka's mock cluster (brokers down, produce errors, a full queue)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+from mercato.config import Config, LogConfig
+from mercato.log import open_log
+from mercato.log.base import LogReader, Record, partition_for
+from mercato.log.errors import LogLayoutError, LogWriteError
+from mercato.log.kafka import KafkaLog
+from mercato.log.kafka_mock import MockKafkaCluster
+
+from .conftest import kafka_config
+
+PRODUCE = 0  # the Kafka protocol's ApiKey of Produce requests
+
+
+@pytest.fixture
+def cluster() -> Iterator[MockKafkaCluster]:
+    """A cluster of its own, for tests that break it."""
+    with MockKafkaCluster(brokers=3) as c:
+        yield c
+
+
+@pytest.fixture
+def kafka_log(cluster: MockKafkaCluster) -> Iterator[KafkaLog]:
+    log = KafkaLog(kafka_config(cluster, 4, kafka_delivery_timeout_ms=1500))
+    yield log
+    log.close()
+
+
+def everything(log: KafkaLog) -> list[tuple[str, bytes]]:
+    return [(e.key, e.value) for p in range(log.partitions) for e in LogReader(log, p, 0)]
+
+
+KEYS = ["123456789", "merchant-1", "m_8f3a2c", "ünïcødé-shop", ""] + [f"m_{i}" for i in range(300)]
+
+
+@pytest.mark.parametrize("partitions", [1, 7, 12])
+def test_librdkafka_consistent_partitioner_agrees_with_partition_for(
+    kafka_cluster: MockKafkaCluster, partitions: int
+) -> None:
+    # A producer writing straight to the topic with librdkafka's own partitioner must route
+    # every merchant to the partition the collector and the aggregators expect.
+    config = kafka_config(kafka_cluster, partitions)
+    producer = Producer(
+        {"bootstrap.servers": kafka_cluster.bootstraps, "partitioner": "consistent"}
+    )
+    routed: dict[str, int] = {}
+
+    def delivered(err: KafkaError | None, msg: object) -> None:
+        assert err is None
+        routed[msg.key().decode()] = msg.partition()  # type: ignore[attr-defined]
+
+    for key in KEYS:
+        producer.produce(config.kafka_topic, b"v", key.encode(), on_delivery=delivered)
+    assert producer.flush(30) == 0
+    assert routed == {key: partition_for(key, partitions) for key in KEYS}
+    assert len(set(routed.values())) == partitions
+
+
+def test_a_missing_topic_or_another_partition_count_is_refused(
+    kafka_cluster: MockKafkaCluster,
+) -> None:
+    config = kafka_config(kafka_cluster, 3)
+    with pytest.raises(LogLayoutError, match="has 3 partitions, the configuration says 5"):
+        KafkaLog(LogConfig(**{**_fields(config), "partitions": 5}))  # type: ignore[arg-type]
+
+
+def test_open_log_picks_kafka(kafka_cluster: MockKafkaCluster) -> None:
+    log = open_log(Config(log=kafka_config(kafka_cluster, 2)))
+    try:
+        assert isinstance(log, KafkaLog)
+        assert log.partitions == 2
+    finally:
+        log.close()
+
+
+def test_another_client_reads_what_one_wrote(kafka_cluster: MockKafkaCluster) -> None:
+    config = kafka_config(kafka_cluster, 3)
+    with_writer, with_reader = KafkaLog(config), KafkaLog(config)
+    try:
+        batch = [Record(f"m{i % 5}", f"v{i}".encode()) for i in range(100)]
+        positions = with_writer.append(batch)
+        for record, position in zip(batch, positions, strict=True):
+            [entry] = with_reader.read(position.partition, position.offset, 1)
+            assert (entry.key, entry.value) == (record.key, record.value)
+        assert sorted(everything(with_reader)) == sorted((r.key, r.value) for r in batch)
+    finally:
+        with_writer.close()
+        with_reader.close()
+
+
+def test_all_brokers_down_fails_the_batch_and_up_again_accepts(
+    cluster: MockKafkaCluster, kafka_log: KafkaLog
+) -> None:
+    kafka_log.append([Record("m1", b"before")])
+    cluster.all_brokers_down()
+    started = time.monotonic()
+    with pytest.raises(LogWriteError, match="did not acknowledge"):
+        kafka_log.append([Record("m1", b"while down"), Record("m2", b"while down")])
+    assert time.monotonic() - started < 20
+    cluster.all_brokers_up()
+    kafka_log.append([Record("m1", b"after"), Record("m2", b"after")])
+    stored = everything(kafka_log)
+    assert ("m1", b"before") in stored
+    assert ("m1", b"after") in stored
+    assert ("m2", b"after") in stored
+    # The idempotent producer never stores an acknowledged record twice.
+    assert len([s for s in stored if s[1] != b"while down"]) == 3
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [KafkaError.NOT_LEADER_FOR_PARTITION] * 3,
+        [KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS],
+    ],
+)
+def test_retriable_produce_errors_are_retried_without_duplicates(
+    cluster: MockKafkaCluster, kafka_log: KafkaLog, errors: list[int]
+) -> None:
+    cluster.push_request_errors(PRODUCE, errors)
+    batch = [Record(f"m{i % 3}", f"v{i}".encode()) for i in range(30)]
+    positions = kafka_log.append(batch)
+    assert len(positions) == 30
+    assert sorted(everything(kafka_log)) == sorted((r.key, r.value) for r in batch)
+
+
+def test_a_permanent_produce_error_fails_the_batch(
+    cluster: MockKafkaCluster, kafka_log: KafkaLog
+) -> None:
+    cluster.push_request_errors(PRODUCE, [KafkaError.MSG_SIZE_TOO_LARGE])
+    with pytest.raises(LogWriteError):
+        kafka_log.append([Record("m1", b"refused")])
+    kafka_log.append([Record("m1", b"accepted")])
+    assert everything(kafka_log) == [("m1", b"accepted")]
+
+
+def test_a_full_producer_queue_fails_at_once(cluster: MockKafkaCluster) -> None:
+    log = KafkaLog(kafka_config(cluster, 2, kafka_queue_max_messages=10))
+    try:
+        cluster.all_brokers_down()
+        future = log.submit([Record(f"m{i}", b"x") for i in range(50)])
+        with pytest.raises(LogWriteError, match="queue is full"):
+            future.result(timeout=5)
+    finally:
+        cluster.all_brokers_up()
+        log.close()
+
+
+def test_close_waits_for_batches_in_flight(kafka_cluster: MockKafkaCluster) -> None:
+    config = kafka_config(kafka_cluster, 2, kafka_linger_ms=200)
+    log = KafkaLog(config)
+    futures = [log.submit([Record(f"m{i}", b"x")]) for i in range(20)]
+    log.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    reopened = KafkaLog(config)
+    try:
+        assert sum(reopened.end_offset(p) for p in range(2)) == 20
+    finally:
+        reopened.close()
+
+
+def _fields(config: LogConfig) -> dict[str, object]:
+    return {name: getattr(config, name) for name in config.__struct_fields__}
