@@ -17,6 +17,7 @@ from mercato.batch.cli import COMMANDS as BATCH_COMMANDS
 from mercato.clitools import console, context_config, errors, friendly
 from mercato.config import dump_config
 from mercato.errors import MercatoError
+from mercato.log.cli import COMMANDS as KAFKA_COMMANDS
 from mercato.scheduler.cli import COMMANDS as SCHEDULER_COMMANDS
 
 _config = context_config
@@ -247,6 +248,13 @@ for _command in SCHEDULER_COMMANDS:
     cli.add_command(_command)
 
 
+# -- kafka --------------------------------------------------------------------------------------
+
+
+for _command in KAFKA_COMMANDS:
+    cli.add_command(_command)
+
+
 # -- tokens -------------------------------------------------------------------------------------
 
 
@@ -339,7 +347,7 @@ def _open_log(ctx: click.Context) -> Any:
     from mercato.log import open_log
 
     config = _config(ctx)
-    if not config.log_path.exists():
+    if config.log.backend == "file" and not config.log_path.exists():
         raise MercatoError(f"no log at {config.log_path} (set data_dir or --config)")
     return open_log(config)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mercato.log.base import Log, LogEntry, LogReader, Position, Record, partition_for
+from mercato.log.errors import LogError
 
 if TYPE_CHECKING:
     from mercato.config import Config
@@ -15,8 +16,12 @@ __all__ = ["Log", "LogEntry", "LogReader", "Position", "Record", "open_log", "pa
 def open_log(config: Config) -> Log:
     """The log the configuration names (``[log] backend``), opened and recovered."""
     if config.log.backend == "kafka":
-        from mercato.log.kafka import KafkaLog
-
+        try:
+            from mercato.log.kafka import KafkaLog
+        except ImportError as exc:
+            raise LogError(
+                f"[log] backend kafka needs the kafka extra (pip install 'mercato[kafka]'): {exc}"
+            ) from None
         return KafkaLog(config.log)
     from mercato.log.file import FileLog
 

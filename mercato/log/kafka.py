@@ -31,7 +31,8 @@ from confluent_kafka import (
 )
 
 from mercato.log.base import LogEntry, PartitionStats, Position, Record, partition_for
-from mercato.log.errors import LogError, LogLayoutError, LogWriteError, OffsetOutOfRangeError
+from mercato.log.errors import LogError, LogWriteError, OffsetOutOfRangeError
+from mercato.log.kafka_admin import describe, topic_partitions
 
 if TYPE_CHECKING:
     from mercato.config import LogConfig
@@ -153,22 +154,10 @@ class KafkaLog:
 
     def _check_topic(self) -> None:
         try:
-            metadata = self._meta.list_topics(self.topic, timeout=METADATA_TIMEOUT_SECONDS)
-        except KafkaException as exc:
+            topic_partitions(self._meta, self.config)
+        except LogError:
             self.close()
-            raise LogError(f"kafka at {self._common['bootstrap.servers']}: {exc}") from None
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            self.close()
-            raise LogLayoutError(
-                f"kafka topic {self.topic!r} does not exist; run `mercato kafka create-topics`"
-            )
-        if len(topic.partitions) != self._partitions:
-            self.close()
-            raise LogLayoutError(
-                f"kafka topic {self.topic!r} has {len(topic.partitions)} partitions, "
-                f"the configuration says {self._partitions} ([log] partitions)"
-            )
+            raise
 
     def _poll(self) -> None:
         while not self._closed.is_set():
@@ -196,7 +185,7 @@ class KafkaLog:
         except BufferError:
             batch.fail(LogWriteError("the kafka producer queue is full"))
         except KafkaException as exc:
-            batch.fail(LogWriteError(f"kafka refused the batch: {exc}"))
+            batch.fail(LogWriteError(f"kafka refused the batch: {describe(exc)}"))
         return batch.future
 
     def append(self, records: Sequence[Record]) -> Sequence[Position]:
@@ -213,7 +202,7 @@ class KafkaLog:
                     TopicPartition(self.topic, partition), timeout=METADATA_TIMEOUT_SECONDS
                 )
             except KafkaException as exc:
-                raise LogError(f"kafka: cannot read the offsets of {self.topic}: {exc}") from None
+                raise LogError(f"kafka: offsets of {self.topic}: {describe(exc)}") from None
         return int(low), int(high)
 
     def start_offset(self, partition: int) -> int:
@@ -285,6 +274,12 @@ class KafkaLog:
             for p in range(self._partitions)
             for low, high in [self._watermarks(p)]
         ]
+
+    def __enter__(self) -> KafkaLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, Producer
 
 from mercato.config import Config, LogConfig
+from mercato.events.model import decode_event
 from mercato.log import open_log
 from mercato.log.base import LogReader, Record, partition_for
 from mercato.log.errors import LogLayoutError, LogWriteError
@@ -170,3 +172,30 @@ def test_close_waits_for_batches_in_flight(kafka_cluster: MockKafkaCluster) -> N
 
 def _fields(config: LogConfig) -> dict[str, object]:
     return {name: getattr(config, name) for name in config.__struct_fields__}
+
+
+def test_the_documented_message_of_a_direct_producer_is_read_back(
+    kafka_cluster: MockKafkaCluster,
+) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("Producers may write to the topic directly") :]
+    example = section[section.index("```json") + len("```json") : section.index("```\n", 8)]
+    config = kafka_config(kafka_cluster, 5)
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_cluster.bootstraps,
+            "partitioner": "consistent",
+            "acks": "all",
+            "enable.idempotence": True,
+        }
+    )
+    producer.produce(config.kafka_topic, example.strip().encode(), b"m_42")
+    assert producer.flush(30) == 0
+    with KafkaLog(config) as log:
+        [entry] = log.read(partition_for("m_42", 5), 0)
+    event = decode_event(entry.value)
+    assert (entry.key, event.merchant_id, event.properties) == (
+        "m_42",
+        "m_42",
+        {"amount": 1250, "currency": "EUR"},
+    )

@@ -1,0 +1,107 @@
+"""Topic administration for the Kafka log: what ``mercato kafka create-topics|check`` call."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from mercato.log.errors import LogError, LogLayoutError
+
+if TYPE_CHECKING:
+    from mercato.config import LogConfig
+
+TIMEOUT_SECONDS = 10.0
+
+
+class PartitionHealth(msgspec.Struct, frozen=True):
+    """One partition of the topic as the brokers describe it."""
+
+    partition: int
+    leader: int
+    replicas: list[int]
+    in_sync: list[int]
+    start_offset: int
+    end_offset: int
+
+
+def describe(exc: KafkaException) -> str:
+    """A Kafka exception as one line."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def topic_partitions(client: Any, config: LogConfig) -> dict[int, Any]:
+    """The partitions' metadata of ``[log] kafka_topic``; fails unless it has
+    ``[log] partitions`` partitions. ``client`` is any confluent-kafka client."""
+    try:
+        metadata = client.list_topics(config.kafka_topic, timeout=TIMEOUT_SECONDS)
+    except KafkaException as exc:
+        raise LogError(f"kafka at {config.kafka_bootstrap_servers}: {describe(exc)}") from None
+    topic = metadata.topics.get(config.kafka_topic)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise LogLayoutError(
+            f"kafka topic {config.kafka_topic!r} does not exist; run `mercato kafka create-topics`"
+        )
+    if len(topic.partitions) != config.partitions:
+        raise LogLayoutError(
+            f"kafka topic {config.kafka_topic!r} has {len(topic.partitions)} partitions, "
+            f"the configuration says {config.partitions} ([log] partitions)"
+        )
+    partitions: dict[int, Any] = topic.partitions
+    return partitions
+
+
+def create_topic(config: LogConfig, replication_factor: int | None = None) -> bool:
+    """Create the topic with ``[log] partitions`` partitions; False if it exists already
+    (with the right partition count, or this fails)."""
+    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap_servers})
+    try:
+        topic_partitions(admin, config)
+        return False
+    except LogLayoutError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    replicas = replication_factor or config.kafka_replication_factor
+    new = NewTopic(config.kafka_topic, config.partitions, replicas)
+    futures = admin.create_topics([new], request_timeout=TIMEOUT_SECONDS)
+    try:
+        futures[config.kafka_topic].result(timeout=TIMEOUT_SECONDS * 2)
+    except KafkaException as exc:
+        message = f"cannot create kafka topic {config.kafka_topic!r}: {describe(exc)}"
+        raise LogError(message) from None
+    except TimeoutError:
+        raise LogError(f"cannot create kafka topic {config.kafka_topic!r}: timed out") from None
+    return True
+
+
+def check_topic(config: LogConfig) -> list[PartitionHealth]:
+    """Every partition of the topic with its leader, replicas and offsets; fails on a
+    missing topic, another partition count or a partition without a leader."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": config.kafka_bootstrap_servers,
+            "group.id": "mercato-check",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        health = []
+        for p, meta in sorted(topic_partitions(consumer, config).items()):
+            if meta.leader < 0:
+                raise LogError(f"kafka topic {config.kafka_topic!r}: partition {p} has no leader")
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(config.kafka_topic, p), timeout=TIMEOUT_SECONDS
+                )
+            except KafkaException as exc:
+                raise LogError(f"kafka partition {p}: {describe(exc)}") from None
+            health.append(
+                PartitionHealth(p, meta.leader, list(meta.replicas), list(meta.isrs), low, high)
+            )
+        return health
+    finally:
+        consumer.close()
