@@ -19,6 +19,7 @@ from mercato.config import dump_config
 from mercato.errors import MercatoError
 from mercato.log.cli import COMMANDS as KAFKA_COMMANDS
 from mercato.scheduler.cli import COMMANDS as SCHEDULER_COMMANDS
+from mercato.store.cli import COMMANDS as STORE_COMMANDS
 
 _config = context_config
 
@@ -245,6 +246,13 @@ for _command in BATCH_COMMANDS:
 
 
 for _command in SCHEDULER_COMMANDS:
+    cli.add_command(_command)
+
+
+# -- the serving store --------------------------------------------------------------------------
+
+
+for _command in STORE_COMMANDS:
     cli.add_command(_command)
 
 

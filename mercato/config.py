@@ -75,11 +75,18 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[store]``: the serving store of rollups, consumer offsets and definitions versions."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: str = ""  # empty: <data_dir>/store.sqlite3
     busy_timeout_ms: NonNegative = 5000
     cache_mb: NonNegative = 64
     mmap_mb: NonNegative = 256
+    dsn: str = ""  # postgres: a libpq connection string or postgresql:// URI
+    pool_size: Positive = 8  # postgres: most connections per process
+    connect_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10
+
+    def __post_init__(self) -> None:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError('backend "postgres" needs a dsn, e.g. "postgresql://host/mercato"')
 
 
 class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mercato.store.base import DefinitionVersion, Store
+from mercato.store.errors import StoreError
 from mercato.store.memory import MemoryStore
 from mercato.store.sqlite import SqliteStore
 
@@ -15,5 +16,16 @@ __all__ = ["DefinitionVersion", "MemoryStore", "SqliteStore", "Store", "open_sto
 
 
 def open_store(config: Config) -> Store:
-    """The store the configuration names (``[store] backend``), opened and migrated."""
+    """The store the configuration names (``[store] backend``), opened; SQLite migrates
+    itself, PostgreSQL must have been migrated by ``mercato db migrate``."""
+    if config.store.backend == "postgres":
+        try:
+            from mercato.store.postgres import PostgresStore  # noqa: PLC0415 (the extra [postgres])
+        except ImportError as exc:
+            raise StoreError(
+                f"[store] backend postgres needs the postgres extra ({exc.name} is missing):"
+                " pip install 'mercato[postgres]'"
+            ) from None
+
+        return PostgresStore(config.store.dsn, config.store)
     return SqliteStore(config.store_path, config.store)

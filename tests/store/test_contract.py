@@ -22,6 +22,7 @@ from mercato.store.errors import (
     UnknownVersionError,
 )
 from mercato.store.memory import MemoryStore
+from mercato.store.postgres import PostgresStore
 from mercato.store.sqlite import SqliteStore
 
 from .conftest import EVERYTHING, StoreFactory, hll, kll, partials, row
@@ -724,7 +725,7 @@ def _public_methods(cls: type) -> set[str]:
     return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
 
 
-@pytest.mark.parametrize("backend", [MemoryStore, SqliteStore])
+@pytest.mark.parametrize("backend", [MemoryStore, SqliteStore, PostgresStore])
 def test_every_rollup_read_requires_a_merchant(backend: type) -> None:
     # A backend may add no public method the Store protocol lacks (a side door), and every
     # protocol method that hands out rollup data takes the merchant it is scoped to.

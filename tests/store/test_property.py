@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from mercato.metrics.kernel import merge, sketch_estimate, sort_partials
 from mercato.store.base import Store
 
-from .conftest import BACKENDS, EVERYTHING, hll, make_store, partials, row
+from .conftest import BACKENDS, EVERYTHING, fresh_database, hll, make_store, partials, row
 
 MERCHANTS = ["a", "b", "ä"]
 METRICS = ["orders", "revenue"]
@@ -63,7 +65,7 @@ def stored(store: Store, version: int) -> pa.Table:
 @settings(max_examples=60, deadline=None)
 @given(batches=tables, data=st.data())
 def test_any_split_and_order_stores_the_merge_of_all(
-    backend: str, batches: list[pa.Table], data: st.DataObject
+    backend: str, batches: list[pa.Table], data: st.DataObject, request: pytest.FixtureRequest
 ) -> None:
     order = data.draw(st.permutations(range(len(batches))), label="order")
     cuts = data.draw(st.lists(st.booleans(), min_size=len(batches), max_size=len(batches)))
@@ -74,15 +76,27 @@ def test_any_split_and_order_stores_the_merge_of_all(
         writes[-1].append(batches[i])
 
     expected = comparable(merge(batches))
-    with tempfile.TemporaryDirectory() as pieces_dir, tempfile.TemporaryDirectory() as once_dir:
-        with make_store(backend, Path(pieces_dir)) as pieces:
+    with places(backend, request) as (pieces_dir, once_dir):
+        with make_store(backend, pieces_dir) as pieces:
             v = pieces.register_version("h", "t")
             for n, group in enumerate(writes):
                 # Concatenated, not merged: a key may occur several times in one write.
                 pieces.write(v, "agg", pa.concat_tables(group), {0: n})
             assert comparable(stored(pieces, v)) == expected
             assert pieces.offsets("agg") == {0: len(writes) - 1}
-        with make_store(backend, Path(once_dir)) as once:
+        with make_store(backend, once_dir) as once:
             v = once.register_version("h", "t")
             once.write(v, "agg", merge(batches), {0: 1})
             assert comparable(stored(once, v)) == expected
+
+
+@contextmanager
+def places(backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[Path | str, ...]]:
+    """Two empty places for stores of ``backend``: directories, or PostgreSQL databases."""
+    if backend == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        with fresh_database(server) as first, fresh_database(server) as second:
+            yield first, second
+        return
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
+        yield Path(first), Path(second)
