@@ -121,25 +121,37 @@ class KafkaLog:
             "logger": logger,
         }
         self._common = common
-        self._producer = Producer(
-            {
-                **common,
-                "acks": "all",
-                "enable.idempotence": True,
-                "partitioner": "consistent",
-                "linger.ms": config.kafka_linger_ms,
-                "delivery.timeout.ms": config.kafka_delivery_timeout_ms,
-                "queue.buffering.max.messages": config.kafka_queue_max_messages,
-            }
-        )
+        self._fatal: KafkaError | None = None
+        self._produce_lock = threading.Lock()
+        self._producer = self._new_producer()
         self._meta = self._consumer()
         self._meta_lock = threading.Lock()
         self._readers: dict[int, tuple[Consumer, list[int]]] = {}
         self._read_lock = threading.Lock()
         self._closed = threading.Event()
-        self._check_topic()
         self._poller = threading.Thread(target=self._poll, name="kafka-log-poll", daemon=True)
         self._poller.start()
+        self._check_topic()
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            {
+                **self._common,
+                "acks": "all",
+                "enable.idempotence": True,
+                "partitioner": "consistent",
+                "linger.ms": self.config.kafka_linger_ms,
+                "delivery.timeout.ms": self.config.kafka_delivery_timeout_ms,
+                "queue.buffering.max.messages": self.config.kafka_queue_max_messages,
+                "error_cb": self._on_error,
+            }
+        )
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err
+        else:
+            logger.warning("kafka producer: %s", err.str())
 
     def _consumer(self) -> Consumer:
         return Consumer(
@@ -160,8 +172,25 @@ class KafkaLog:
             raise
 
     def _poll(self) -> None:
+        # The only thread that serves delivery reports while the log is open, so a batch's
+        # counters are never touched by two threads at once.
         while not self._closed.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                self._fatal = exc.args[0] if exc.args else self._fatal
+            if self._fatal is not None:
+                self._replace_producer()
+
+    def _replace_producer(self) -> None:
+        """After a fatal error (the idempotent producer lost its sequence) the producer
+        accepts nothing more: fail what it holds and continue with a new one."""
+        logger.error("kafka producer failed, starting a new one: %s", self._fatal)
+        with self._produce_lock:
+            old, self._producer = self._producer, self._new_producer()
+            self._fatal = None
+        old.purge()
+        old.flush(1.0)
 
     @property
     def partitions(self) -> int:
@@ -174,14 +203,17 @@ class KafkaLog:
             done: Future[Sequence[Position]] = Future()
             done.set_result([])
             return done
-        if self._closed.is_set():
-            raise LogWriteError("the kafka log is closed")
         n = self._partitions
         batch = _Batch([partition_for(r.key, n) for r in records])
-        produce, topic, delivered = self._producer.produce, self.topic, batch.delivered
+        if self._closed.is_set():
+            batch.fail(LogWriteError("the kafka log is closed"))
+            return batch.future
+        topic, delivered = self.topic, batch.delivered
         try:
-            for record, p in zip(records, batch.routes, strict=True):
-                produce(topic, record.value, record.key, p, on_delivery=delivered)
+            with self._produce_lock:
+                produce = self._producer.produce
+                for record, p in zip(records, batch.routes, strict=True):
+                    produce(topic, record.value, record.key, p, on_delivery=delivered)
         except BufferError:
             batch.fail(LogWriteError("the kafka producer queue is full"))
         except KafkaException as exc:
@@ -284,11 +316,13 @@ class KafkaLog:
     def close(self) -> None:
         if self._closed.is_set():
             return
-        self._producer.flush(self.config.kafka_delivery_timeout_ms / 1000)
+        deadline = time.monotonic() + self.config.kafka_delivery_timeout_ms / 1000
+        while len(self._producer) and time.monotonic() < deadline and self._poller.is_alive():
+            time.sleep(0.01)  # the poll thread serves the last delivery reports
         self._closed.set()
-        if hasattr(self, "_poller"):
-            self._poller.join()
-        self._producer.poll(0)
+        self._poller.join()
+        self._producer.purge()  # what is left fails its batch instead of waiting forever
+        self._producer.flush(1.0)
         with self._read_lock:
             for consumer, _ in self._readers.values():
                 consumer.close()

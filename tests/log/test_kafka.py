@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import KafkaError, Producer
 
@@ -199,3 +200,38 @@ def test_the_documented_message_of_a_direct_producer_is_read_back(
         "m_42",
         {"amount": 1250, "currency": "EUR"},
     )
+
+
+def test_a_fatal_producer_error_fails_the_batch_and_a_new_producer_takes_over(
+    cluster: MockKafkaCluster, kafka_log: KafkaLog
+) -> None:
+    kafka_log.append([Record("m1", b"first")])
+    # The idempotent producer cannot recover from a lost sequence: librdkafka makes it fatal.
+    cluster.push_request_errors(PRODUCE, [KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER])
+    with pytest.raises(LogWriteError):
+        kafka_log.append([Record("m1", b"lost")])
+    for i in range(3):
+        kafka_log.append([Record("m1", f"after-{i}".encode())])
+    stored = [v for _, v in everything(kafka_log)]
+    assert stored[0] == b"first"
+    assert stored[-3:] == [b"after-0", b"after-1", b"after-2"]
+
+
+def test_close_fails_what_kafka_never_acknowledged_instead_of_hanging(
+    cluster: MockKafkaCluster,
+) -> None:
+    log = KafkaLog(kafka_config(cluster, 2, kafka_delivery_timeout_ms=60_000))
+    log.append([Record("m1", b"x")])
+    cluster.all_brokers_down()
+    try:
+        pending = log.submit([Record("m1", b"y")])
+        log.config = msgspec.structs.replace(log.config, kafka_delivery_timeout_ms=500)
+        started = time.monotonic()
+        log.close()
+        assert time.monotonic() - started < 10
+        with pytest.raises(LogWriteError):
+            pending.result(timeout=1)
+        with pytest.raises(LogWriteError, match="closed"):
+            log.submit([Record("m1", b"z")]).result(timeout=1)
+    finally:
+        cluster.all_brokers_up()

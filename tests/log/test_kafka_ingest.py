@@ -125,6 +125,7 @@ def test_all_brokers_down_during_ingest_is_503_and_no_acknowledged_event_is_lost
         ([KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.REQUEST_TIMED_OUT] * 2, 200),
         ([KafkaError.MSG_SIZE_TOO_LARGE] * 8, 503),
         ([KafkaError.TOPIC_AUTHORIZATION_FAILED] * 8, 503),
+        ([KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER], 503),  # fatal: a new producer takes over
     ],
 )
 def test_injected_produce_errors_are_retried_or_503_never_a_lost_200(
