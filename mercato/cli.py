@@ -448,6 +448,8 @@ def _print_entry(entry: Any) -> None:
 @friendly
 def log_check(ctx: click.Context) -> None:
     """Verify every frame's checksum; exit 1 if anything is corrupt."""
+    if _config(ctx).log.backend != "file":
+        raise MercatoError("`mercato log check` verifies the file log; use `mercato kafka check`")
     with _open_log(ctx) as log:
         problems = log.verify()
     for problem in problems:

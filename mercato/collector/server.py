@@ -28,7 +28,7 @@ def serve(config: Config, *, announce: bool = True) -> None:
     if announce:
         print(
             f"mercato collector on http://{config.collector.host}:{config.collector.port} "
-            f"(log {config.log_path}, {log.partitions} partitions)",
+            f"(log {_where(config)}, {log.partitions} partitions)",
             flush=True,
         )
     retention.start()
@@ -38,6 +38,12 @@ def serve(config: Config, *, announce: bool = True) -> None:
         stop.set()
         app.close()
         log.close()
+
+
+def _where(config: Config) -> str:
+    if config.log.backend == "kafka":
+        return f"kafka topic {config.log.kafka_topic} on {config.log.kafka_bootstrap_servers}"
+    return str(config.log_path)
 
 
 def _enforce_retention(config: Config, log: object, stop: threading.Event) -> None:

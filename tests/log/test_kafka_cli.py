@@ -7,29 +7,38 @@ run against it: creating a topic that does not exist yet is not tested here (onl
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import msgspec
 
 from mercato.config import LogConfig
-from mercato.log.base import Record
+from mercato.demo.runner import free_port
+from mercato.log.base import LogReader, Record
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
 
 from .conftest import kafka_config
 
 
-def mercato(config: LogConfig, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **env}
-    full_env.pop("MERCATO_CONFIG", None)
-    full_env |= {
+def _kafka_env(config: LogConfig) -> dict[str, str]:
+    return {
         "MERCATO_LOG_BACKEND": "kafka",
         "MERCATO_LOG_PARTITIONS": str(config.partitions),
         "MERCATO_LOG_KAFKA_BOOTSTRAP_SERVERS": config.kafka_bootstrap_servers,
         "MERCATO_LOG_KAFKA_TOPIC": config.kafka_topic,
     }
+
+
+def mercato(config: LogConfig, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env}
+    full_env.pop("MERCATO_CONFIG", None)
+    full_env |= _kafka_env(config)
     return subprocess.run(
         [sys.executable, "-m", "mercato", *args],
         env={**full_env, **env},
@@ -79,6 +88,68 @@ def test_a_missing_topic_or_another_partition_count_is_one_line(
     other = mercato(config, "kafka", "create-topics", MERCATO_LOG_PARTITIONS="6")
     assert other.returncode == 1
     assert "has 4 partitions, the configuration says 6" in other.stderr
-    for result in (missing, other):
+    file_only = mercato(config, "log", "check")
+    assert file_only.returncode == 1
+    assert "use `mercato kafka check`" in file_only.stderr
+    for result in (missing, other, file_only):
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_collector_on_kafka(kafka_cluster: MockKafkaCluster, tmp_path: Path) -> None:
+    config = kafka_config(kafka_cluster, 2)
+    env = {"MERCATO_DATA_DIR": str(tmp_path), "MERCATO_COLLECTOR_PORT": str(free_port())}
+    created = mercato(config, "keys", "create", "--source", "web", **env)
+    assert created.returncode == 0, created.stderr
+    key = next(line.split()[1] for line in created.stdout.splitlines() if line.startswith("key"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mercato", "run", "collector"],
+        env={**os.environ, **_kafka_env(config), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        announced = process.stdout.readline()
+        assert f"kafka topic {config.kafka_topic} on {config.kafka_bootstrap_servers}" in announced
+        base = f"http://127.0.0.1:{env['MERCATO_COLLECTOR_PORT']}"
+        wait_ready(f"{base}/readyz")
+        events = [
+            {
+                "event_id": f"e{i}",
+                "type": "t",
+                "merchant_id": f"m{i}",
+                "timestamp": "2026-11-26T11:00:00Z",
+            }
+            for i in range(10)
+        ]
+        request = urllib.request.Request(
+            f"{base}/v1/events",
+            data=msgspec.json.encode(events),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    with KafkaLog(config) as log:
+        stored = [e.key for p in range(2) for e in LogReader(log, p, 0)]
+    assert sorted(stored) == sorted(f"m{i}" for i in range(10))
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
