@@ -41,7 +41,11 @@ class LogOpener:
 
     def __call__(self) -> Log | None:
         with self._lock:
-            if self._log is None and (self._config.log_path / "meta.json").exists():
+            if self._log is None and self._config.log.backend == "kafka":
+                # A Kafka log exists elsewhere: try again on the next call if it is not there.
+                with suppress(MercatoError):
+                    self._log = open_log(self._config)
+            elif self._log is None and (self._config.log_path / "meta.json").exists():
                 self._log = open_log(self._config)
             return self._log
 

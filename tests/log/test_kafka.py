@@ -18,6 +18,7 @@ from mercato.log.base import LogReader, Record, partition_for
 from mercato.log.errors import LogLayoutError, LogWriteError
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
+from mercato.query.server import LogOpener
 
 from .conftest import kafka_config
 
@@ -235,3 +236,16 @@ def test_close_fails_what_kafka_never_acknowledged_instead_of_hanging(
             log.submit([Record("m1", b"z")]).result(timeout=1)
     finally:
         cluster.all_brokers_up()
+
+
+def test_the_query_api_opens_the_kafka_log_once_it_exists(kafka_cluster: MockKafkaCluster) -> None:
+    config = kafka_config(kafka_cluster, 2)
+    missing = LogOpener(Config(log=msgspec.structs.replace(config, kafka_topic="not-yet")))
+    assert missing() is None
+    opener = LogOpener(Config(log=config))
+    try:
+        log = opener()
+        assert isinstance(log, KafkaLog)
+        assert opener() is log
+    finally:
+        opener.close()
