@@ -1,4 +1,9 @@
-"""Fixtures of the log tests: a ``log_factory`` over every backend of the Log protocol."""
+"""Fixtures of the log tests: a ``log_factory`` over every backend of the Log protocol.
+
+Kafka runs on librdkafka's mock cluster (one per session, a topic per log) and passes every
+contract test, durability included; none is skipped. Retention is the broker's on Kafka, so
+test_retention.py stays file-only; the mock's bounded tail stands in for it in test_kafka.py.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from mercato.config import Config, LogConfig
 from mercato.events.model import decode_event
 from mercato.log import open_log
 from mercato.log.base import LogReader, Record, partition_for
-from mercato.log.errors import LogLayoutError, LogWriteError
+from mercato.log.errors import LogLayoutError, LogWriteError, OffsetOutOfRangeError
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
 from mercato.query.server import LogOpener
@@ -249,3 +249,16 @@ def test_the_query_api_opens_the_kafka_log_once_it_exists(kafka_cluster: MockKaf
         assert opener() is log
     finally:
         opener.close()
+
+
+def test_records_the_brokers_deleted_are_out_of_range(kafka_cluster: MockKafkaCluster) -> None:
+    # The mock keeps a bounded tail of each partition (a few MB), as retention would.
+    with KafkaLog(kafka_config(kafka_cluster, 1)) as log:
+        for i in range(12):
+            log.append([Record("m", bytes([i]) * 100_000) for _ in range(10)])
+        start = log.start_offset(0)
+        assert 0 < start < log.end_offset(0) == 120
+        with pytest.raises(OffsetOutOfRangeError, match=f"oldest kept offset is {start}"):
+            log.read(0, 0)
+        assert [e.offset for e in log.read(0, start, 3)] == [start, start + 1, start + 2]
+        assert log.stats()[0].start_offset == start
