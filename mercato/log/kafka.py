@@ -22,7 +22,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, overload
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -253,7 +252,10 @@ class KafkaLog:
         with self._read_lock:
             consumer, position = self._reader(partition)
             if position[0] != offset:
-                consumer.seek(TopicPartition(self.topic, partition, offset))
+                # (Re)assigning starts the fetch at ``offset``; unlike seek it is valid in any
+                # state of the partition's fetcher.
+                consumer.assign([TopicPartition(self.topic, partition, offset)])
+            position[0] = -1  # unknown until this read succeeds
             entries = self._consume(consumer, partition, offset, want)
             position[0] = offset + len(entries)
         return entries
@@ -261,9 +263,7 @@ class KafkaLog:
     def _reader(self, partition: int) -> tuple[Consumer, list[int]]:
         reader = self._readers.get(partition)
         if reader is None:
-            consumer = self._consumer()
-            consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
-            reader = self._readers[partition] = (consumer, [-1])
+            reader = self._readers[partition] = (self._consumer(), [-1])
         return reader
 
     def _consume(
