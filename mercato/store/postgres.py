@@ -75,7 +75,7 @@ from mercato.store.errors import (
     UnknownVersionError,
 )
 from mercato.store.postgres_ops import Connection, PostgresDays, PostgresJobs, PostgresVersions
-from mercato.store.postgres_schema import check_schema, ensure_partitions, month_of
+from mercato.store.postgres_schema import check_schema, ensure_partitions, month_of, where
 from mercato.store.sqlite import _table
 
 if TYPE_CHECKING:
@@ -138,23 +138,26 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
         self._closed = False
         self._months: set[int] = set()  # partitions known to exist
         self._months_lock = threading.Lock()
-        try:
-            self._pool: ConnectionPool[Connection] = ConnectionPool(
-                dsn,
-                min_size=1,
-                max_size=max(config.pool_size, 1),
-                kwargs={"autocommit": True},
-                open=False,
-            )
-            self._pool.open(wait=True, timeout=config.connect_timeout_seconds)
-        except (psycopg.Error, Exception) as exc:
-            raise StoreError(f"cannot connect to the PostgreSQL store: {_first_line(exc)}") from exc
-        try:
-            with self._pool.connection() as db:
+        timeout = config.connect_timeout_seconds
+        try:  # one connection first: its error says why, and the schema is checked once
+            with psycopg.connect(dsn, connect_timeout=max(round(timeout), 1)) as db:
                 check_schema(db, dsn)
-        except BaseException:
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to the store {where(dsn)}: {_first_line(exc)}"
+            ) from exc
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max(config.pool_size, 1),
+            kwargs={"autocommit": True},
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except psycopg.Error as exc:  # PoolTimeout
             self._pool.close()
-            raise
+            raise StoreError(f"cannot connect to the store {where(dsn)}: {exc}") from exc
 
     # -- definitions versions ---------------------------------------------------------------
 

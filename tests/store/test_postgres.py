@@ -10,13 +10,14 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from mercato.config import StoreConfig
 from mercato.metrics.kernel import sketch_estimate
-from mercato.store.errors import StoreSchemaError
+from mercato.store.errors import StoreError, StoreSchemaError
 from mercato.store.postgres import PostgresStore
 from mercato.store.postgres_schema import SCHEMA_VERSION, migrate
 
@@ -149,3 +150,11 @@ def test_mercato_db_migrate_command(postgres_server: str) -> None:
         assert "newer than this Mercato" in newer.stderr
         assert len(newer.stderr.strip().splitlines()) == 1
         assert "Traceback" not in newer.stderr
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    dsn = f"host={tmp_path / 'no-server'} dbname=mercato"
+    with pytest.raises(StoreError, match="cannot connect to the store") as caught:
+        PostgresStore(dsn, StoreConfig(connect_timeout_seconds=1))
+    assert len(str(caught.value).splitlines()) == 1
+    assert "no-server" in str(caught.value)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mercato.metrics.kernel import merge, sketch_estimate, sort_partials
 from mercato.store.base import Store
 
-from .conftest import BACKENDS, EVERYTHING, fresh_database, hll, make_store, partials, row
+from .conftest import BACKENDS, EVERYTHING, emptied, hll, make_store, partials, row
 
 MERCHANTS = ["a", "b", "ä"]
 METRICS = ["orders", "revenue"]
@@ -94,9 +94,8 @@ def test_any_split_and_order_stores_the_merge_of_all(
 def places(backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[Path | str, ...]]:
     """Two empty places for stores of ``backend``: directories, or PostgreSQL databases."""
     if backend == "postgres":
-        server = request.getfixturevalue("postgres_server")
-        with fresh_database(server) as first, fresh_database(server) as second:
-            yield first, second
+        first, second = request.getfixturevalue("postgres_scratch")
+        yield emptied(first), emptied(second)
         return
     with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
         yield Path(first), Path(second)
