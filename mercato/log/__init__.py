@@ -20,7 +20,7 @@ def open_log(config: Config) -> Log:
             from mercato.log.kafka import KafkaLog
         except ImportError as exc:
             raise LogError(
-                f"[log] backend kafka needs the kafka extra (pip install 'mercato[kafka]'): {exc}"
+                f"log.backend kafka needs confluent-kafka (mercato's kafka extra): {exc}"
             ) from None
         return KafkaLog(config.log)
     from mercato.log.file import FileLog

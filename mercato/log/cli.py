@@ -29,7 +29,7 @@ def _admin() -> ModuleType:
     try:
         from mercato.log import kafka_admin  # noqa: PLC0415 (the extra [kafka])
     except ImportError as exc:
-        need = "kafka commands need the kafka extra (pip install 'mercato[kafka]')"
+        need = "kafka commands need confluent-kafka (mercato's kafka extra)"
         raise LogError(f"{need}: {exc}") from None
     return kafka_admin
 

@@ -49,7 +49,7 @@ def topic_partitions(client: Any, config: LogConfig) -> dict[int, Any]:
     if len(topic.partitions) != config.partitions:
         raise LogLayoutError(
             f"kafka topic {config.kafka_topic!r} has {len(topic.partitions)} partitions, "
-            f"the configuration says {config.partitions} ([log] partitions)"
+            f"the configuration says {config.partitions} (log.partitions)"
         )
     partitions: dict[int, Any] = topic.partitions
     return partitions

@@ -16,10 +16,15 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
+import pytest
+from click.testing import CliRunner
 
-from mercato.config import LogConfig
+from mercato.cli import cli
+from mercato.config import Config, LogConfig
 from mercato.demo.runner import free_port
+from mercato.log import open_log
 from mercato.log.base import LogReader, Record
+from mercato.log.errors import LogError
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
 
@@ -87,7 +92,7 @@ def test_a_missing_topic_or_another_partition_count_is_one_line(
     assert "does not exist; run `mercato kafka create-topics`" in missing.stderr
     other = mercato(config, "kafka", "create-topics", MERCATO_LOG_PARTITIONS="6")
     assert other.returncode == 1
-    assert "has 4 partitions, the configuration says 6" in other.stderr
+    assert "has 4 partitions, the configuration says 6 (log.partitions)" in other.stderr
     file_only = mercato(config, "log", "check")
     assert file_only.returncode == 1
     assert "use `mercato kafka check`" in file_only.stderr
@@ -153,3 +158,19 @@ def wait_ready(url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_without_confluent_kafka_the_commands_say_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mercato.log
+
+    for name in ("confluent_kafka", "mercato.log.kafka_admin", "mercato.log.kafka"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delattr(mercato.log, "kafka_admin", raising=False)
+    monkeypatch.delattr(mercato.log, "kafka", raising=False)
+    result = CliRunner().invoke(cli, ["kafka", "check"])
+    assert result.exit_code == 1
+    assert "kafka commands need confluent-kafka (mercato's kafka extra)" in result.output
+    with pytest.raises(LogError, match=r"log\.backend kafka needs confluent-kafka"):
+        open_log(Config(log=LogConfig(backend="kafka")))
