@@ -7,6 +7,7 @@ import base64
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +54,11 @@ class Ingest:
             for i in ids
         ]
         headers = {"Content-Type": "application/json", "Authorization": self.auth}
-        response = call(self.app, "POST", "/v1/events", msgspec.json.encode(events), headers)
+        body = msgspec.json.encode(events)
+        # A thread of its own: ``call`` runs an event loop, and the calling thread may have
+        # one running already (the browser tests' Playwright leaves one in the main thread).
+        with ThreadPoolExecutor(1) as pool:
+            response = pool.submit(call, self.app, "POST", "/v1/events", body, headers).result()
         with self._lock:
             self.statuses.append(response.status)
             if response.status == 200:
