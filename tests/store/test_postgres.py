@@ -158,3 +158,19 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
         PostgresStore(dsn, StoreConfig(connect_timeout_seconds=1))
     assert len(str(caught.value).splitlines()) == 1
     assert "no-server" in str(caught.value)
+
+
+def test_mercato_db_migrate_on_sqlite_opens_the_store(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERCATO_")}
+    env["MERCATO_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "mercato", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "store.sqlite3").exists()
+    assert "schema version" in result.stdout
