@@ -100,7 +100,8 @@ SET_OFFSET = """
 
 def _upsert(table: str) -> str:
     return f"""
-        INSERT INTO {table} (version, {COLUMNS}) SELECT version, {COLUMNS} FROM incoming
+        INSERT INTO {table} (version, {COLUMNS})
+        SELECT version, {COLUMNS} FROM incoming ORDER BY {KEY_COLUMNS}  -- writers lock in one order
         ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET
             count = coalesce({table}.count + excluded.count, {table}.count, excluded.count),
             sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),

@@ -35,12 +35,14 @@ def test_two_connections_writing_the_same_keys_lose_nothing(postgres_database: s
         try:
             start.wait()
             for i in range(writes):
-                # every writer touches the same keys, sketches included, in every write
-                batch = partials(
+                # every writer touches the same keys, sketches included, in every write,
+                # half of them in the reverse order
+                rows = [
                     row(bucket=0, count=1, sum=n, min=n, max=n, sketch=hll([f"{n}-{i}"])),
                     row(bucket=900, count=1),
                     row("m2", bucket=0, count=2),
-                )
+                ]
+                batch = partials(*(reversed(rows) if n % 2 else rows))
                 store.write(v, f"agg-{n}", batch, {n: i + 1})
         except BaseException as exc:
             errors.append(exc)
