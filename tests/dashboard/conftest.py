@@ -51,7 +51,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"browser screenshots in {_used[0]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # its event loop must be gone before other packages' tests
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
