@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Protocol, overload, runtime_checkable
 
@@ -44,24 +44,23 @@ class Position(msgspec.Struct, frozen=True, gc=False):
 class Positions(Sequence[Position]):
     """The positions of one append's records, made only when somebody looks at them.
 
-    The collector never does, and making a position per record would cost it more than
-    routing them. Compares equal to any sequence of the same positions.
+    ``offsets`` gives, per partition, the offsets its records got, in order (the file log: a
+    count from the partition's base offset; Kafka: what the delivery reports said). The
+    collector never looks, and making a position per record would cost it more than routing
+    them. Compares equal to any sequence of the same positions.
     """
 
-    __slots__ = ("_bases", "_items", "_routes")
+    __slots__ = ("_items", "_offsets", "_routes")
 
-    def __init__(self, routes: Sequence[int], bases: dict[int, int]) -> None:
+    def __init__(self, routes: Sequence[int], offsets: Mapping[int, Iterable[int]]) -> None:
         self._routes = routes
-        self._bases = bases
+        self._offsets = offsets
         self._items: list[Position] | None = None
 
     def _positions(self) -> list[Position]:
         if self._items is None:
-            counters, items = dict(self._bases), []
-            for p in self._routes:
-                items.append(Position(p, counters[p]))
-                counters[p] += 1
-            self._items = items
+            iterators = {p: iter(offsets) for p, offsets in self._offsets.items()}
+            self._items = [Position(p, next(iterators[p])) for p in self._routes]
         return self._items
 
     @overload

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -411,7 +412,12 @@ class FileLog:
             batch = [waiter for waiter in batch if waiter.future.set_running_or_notify_cancel()]
             try:
                 self._commit(batch)
-                results = [Positions(waiter.routes, waiter.bases) for waiter in batch]
+                results = [
+                    Positions(
+                        waiter.routes, {p: itertools.count(b) for p, b in waiter.bases.items()}
+                    )
+                    for waiter in batch
+                ]
             except BaseException as exc:  # every waiter must get an answer
                 for waiter in batch:
                     waiter.future.set_exception(_failure(exc))

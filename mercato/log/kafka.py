@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     Consumer,
@@ -29,7 +29,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from mercato.log.base import LogEntry, PartitionStats, Position, Record, partition_for
+from mercato.log.base import (
+    LogEntry,
+    PartitionStats,
+    Position,
+    Positions,
+    Record,
+    partition_for,
+)
 from mercato.log.errors import LogError, LogWriteError, OffsetOutOfRangeError
 from mercato.log.kafka_admin import describe, topic_partitions
 
@@ -40,45 +47,6 @@ logger = logging.getLogger(__name__)
 
 READ_TIMEOUT_SECONDS = 30.0
 METADATA_TIMEOUT_SECONDS = 10.0
-
-
-class KafkaPositions(Sequence[Position]):
-    """The positions of a batch, from the offsets its delivery reports gave per partition."""
-
-    __slots__ = ("_items", "_offsets", "_routes")
-
-    def __init__(self, routes: Sequence[int], offsets: dict[int, list[int]]) -> None:
-        self._routes = routes
-        self._offsets = offsets
-        self._items: list[Position] | None = None
-
-    def _positions(self) -> list[Position]:
-        if self._items is None:
-            iterators = {p: iter(offsets) for p, offsets in self._offsets.items()}
-            self._items = [Position(p, next(iterators[p])) for p in self._routes]
-        return self._items
-
-    @overload
-    def __getitem__(self, index: int) -> Position: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Position]: ...
-
-    def __getitem__(self, index: int | slice) -> Position | list[Position]:
-        return self._positions()[index]
-
-    def __len__(self) -> int:
-        return len(self._routes)
-
-    def __iter__(self) -> Iterator[Position]:
-        return iter(self._positions())
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return self._positions() == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class _Batch:
@@ -100,7 +68,7 @@ class _Batch:
         self.remaining -= 1
         if self.remaining == 0 and not self.future.done():
             # Delivery reports of one partition come in offset order, like the routes.
-            self.future.set_result(KafkaPositions(self.routes, self.offsets))
+            self.future.set_result(Positions(self.routes, self.offsets))
 
     def fail(self, exc: LogError) -> None:
         if not self.future.done():
