@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -36,8 +36,8 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA
-from mercato.store.errors import InvalidPartialsError, InvalidTimezoneError
+from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA, sort_partials
+from mercato.store.errors import InvalidPartialsError, InvalidTimezoneError, StoreWriteError
 
 REGISTERED = "registered"
 RUNNING = "running"  # the status of a job run that has started and not finished
@@ -362,6 +362,35 @@ def conform_partials(partials: pa.Table) -> pa.Table:
     on_grid = pc.equal(pc.multiply(pc.divide(bucket, BUCKET_SECONDS), BUCKET_SECONDS), bucket)
     if table.num_rows and not pc.all(on_grid).as_py():
         raise InvalidPartialsError(f"partials have a bucket off the {BUCKET_SECONDS} s grid")
+    return table
+
+
+def layer_table(layer: str) -> str:
+    """The rollup table of a layer of :meth:`Store.layer_totals` (SQL stores)."""
+    if layer not in ("final", "speed"):
+        raise ValueError(f"layer: final or speed, not {layer!r}")
+    return f"{layer}_rollups"
+
+
+def join_totals(
+    rows: Iterable[Sequence[Any]], sketches: Iterable[Sequence[Any]]
+) -> Iterator[VersionTotal]:
+    """:class:`VersionTotal` of SQL rows ``(merchant, metric, period, count, sum, min, max)``
+    with their sketches, from rows ``(merchant, metric, period, sketch)`` (SQL stores)."""
+    blobs: dict[tuple[str, str, int], list[bytes]] = {}
+    for merchant, metric, at, blob in sketches:
+        blobs.setdefault((merchant, metric, int(at)), []).append(blob)
+    for merchant, metric, at, count, total, low, high in rows:
+        key = (merchant, metric, int(at))
+        yield VersionTotal(merchant, metric, int(at), count, total, low, high, blobs.get(key, []))
+
+
+def conform_day_partials(partials: pa.Table, merchant_id: str) -> pa.Table:
+    """One merchant's local-day rows as PARTIAL_SCHEMA in key order (see
+    :func:`conform_partials`), or :class:`StoreWriteError` if a row names another merchant."""
+    table = sort_partials(conform_partials(partials))
+    if table.num_rows and set(table["merchant_id"].to_pylist()) != {merchant_id}:
+        raise StoreWriteError(f"local-day rows of {merchant_id!r} name another merchant")
     return table
 
 

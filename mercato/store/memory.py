@@ -28,6 +28,7 @@ from mercato.store.base import (
     ServingChange,
     VersionTotal,
     check_timezone,
+    conform_day_partials,
     conform_partials,
     days_watermark,
     metric_names,
@@ -303,9 +304,7 @@ class MemoryStore:
         partials: pa.Table,
         days_through: int | None = None,
     ) -> None:
-        table = sort_partials(conform_partials(partials))
-        if table.num_rows and set(table["merchant_id"].to_pylist()) != {merchant_id}:
-            raise StoreWriteError(f"local-day rows of {merchant_id!r} name another merchant")
+        table = conform_day_partials(partials, merchant_id)
         with self._lock:
             self._check_open()
             kept = self._days.get((version, merchant_id), empty_partials())

@@ -20,18 +20,20 @@ import msgspec
 import psycopg
 import pyarrow as pa
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, sort_partials
+from mercato.metrics.kernel import PARTIAL_SCHEMA
 from mercato.store.base import (
     RUNNING,
     JobRun,
     Layer,
     ServingChange,
     VersionTotal,
-    conform_partials,
+    conform_day_partials,
     days_watermark,
+    join_totals,
+    layer_table,
     metric_names,
 )
-from mercato.store.errors import StoreError, StoreWriteError, UnknownJobRunError
+from mercato.store.errors import StoreError, UnknownJobRunError
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -115,9 +117,7 @@ class PostgresVersions:
     def layer_totals(
         self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
     ) -> Iterator[VersionTotal]:
-        table = f"{layer}_rollups" if layer in ("final", "speed") else None
-        if table is None:
-            raise ValueError(f"layer: final or speed, not {layer!r}")
+        table = layer_table(layer)
         where = "version = %s AND dimension = '' AND bucket >= %s AND bucket < %s"
         with self._connection() as db, db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -133,14 +133,7 @@ class PostgresVersions:
                 f" FROM {table} WHERE {where} AND sketch IS NOT NULL ORDER BY 1, 2, 3",
                 (period, version, start, end),
             ).fetchall()
-        blobs: dict[tuple[str, str, int], list[bytes]] = {}
-        for merchant, metric, at, blob in sketches:
-            blobs.setdefault((merchant, metric, int(at)), []).append(blob)
-        for merchant, metric, at, count, total, low, high in rows:
-            key = (merchant, metric, int(at))
-            yield VersionTotal(
-                merchant, metric, int(at), count, total, low, high, blobs.get(key, [])
-            )
+        yield from join_totals(rows, sketches)
 
     def drop_version(self, version: int) -> int:
         with self._connection() as db, db.transaction():
@@ -180,9 +173,7 @@ class PostgresDays:
         partials: pa.Table,
         days_through: int | None = None,
     ) -> None:
-        table = sort_partials(conform_partials(partials))
-        if table.num_rows and set(table["merchant_id"].to_pylist()) != {merchant_id}:
-            raise StoreWriteError(f"local-day rows of {merchant_id!r} name another merchant")
+        table = conform_day_partials(partials, merchant_id)
         columns = [table[name].to_pylist() for name in PARTIAL_SCHEMA.names]
         with self._connection() as db, db.transaction():
             db.execute(

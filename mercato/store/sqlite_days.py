@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, sort_partials
-from mercato.store.base import conform_partials, days_watermark, metric_names
-from mercato.store.errors import StoreWriteError
+from mercato.metrics.kernel import PARTIAL_SCHEMA
+from mercato.store.base import conform_day_partials, days_watermark, metric_names
 
 COLUMNS = ", ".join(name if name != "bucket" else "day" for name in PARTIAL_SCHEMA.names)
 INSERT_DAY = f"INSERT INTO daily_rollups (version, {COLUMNS}) VALUES ({', '.join('?' * 11)})"
@@ -42,9 +41,7 @@ class SqliteDays:
         partials: pa.Table,
         days_through: int | None = None,
     ) -> None:
-        table = sort_partials(conform_partials(partials))
-        if table.num_rows and set(table["merchant_id"].to_pylist()) != {merchant_id}:
-            raise StoreWriteError(f"local-day rows of {merchant_id!r} name another merchant")
+        table = conform_day_partials(partials, merchant_id)
         columns = [table[name].to_pylist() for name in PARTIAL_SCHEMA.names]
         rows = [(version, *values) for values in zip(*columns, strict=True)]
         with self._connection() as db:

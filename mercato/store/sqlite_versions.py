@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mercato.store.base import Layer, ServingChange, VersionTotal
+from mercato.store.base import Layer, ServingChange, VersionTotal, join_totals, layer_table
 from mercato.store.errors import StoreError
 
 ROLLUP_TABLES = ("speed_rollups", "final_rollups", "daily_rollups")
@@ -41,9 +41,7 @@ class SqliteVersions:
     def layer_totals(
         self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
     ) -> Iterator[VersionTotal]:
-        table = f"{layer}_rollups" if layer in ("final", "speed") else None
-        if table is None:
-            raise ValueError(f"layer: final or speed, not {layer!r}")
+        table = layer_table(layer)
         with self._connection() as db:
             rows = db.execute(
                 "SELECT merchant_id, metric, bucket - bucket % ? AS period,"
@@ -59,14 +57,7 @@ class SqliteVersions:
                 "   AND bucket < ? AND sketch IS NOT NULL ORDER BY merchant_id, metric, period",
                 (period, version, start, end),
             ).fetchall()
-        blobs: dict[tuple[str, str, int], list[bytes]] = {}
-        for merchant, metric, at, blob in sketches:
-            blobs.setdefault((merchant, metric, int(at)), []).append(blob)
-        for merchant, metric, at, count, total, low, high in rows:
-            key = (merchant, metric, int(at))
-            yield VersionTotal(
-                merchant, metric, int(at), count, total, low, high, blobs.get(key, [])
-            )
+        yield from join_totals(rows, sketches)
 
     def drop_version(self, version: int) -> int:
         with self._connection() as db:
