@@ -67,8 +67,7 @@ class Aggregator:
         self.stats = AggregatorStats()
         self._clock = clock
         self._builder = BatchBuilder(definitions)
-        text = msgspec.json.encode(msgspec.to_builtins(definitions.content)).decode()
-        self.version = store.register_version(definitions.version, text)
+        self.version = store.register_version(definitions.version, definitions.text)
         if store.serving_version() is None:
             store.set_serving_version(self.version)
         self.consumer = f"aggregator/{definitions.version}"

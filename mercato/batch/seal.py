@@ -92,8 +92,7 @@ def seal(
     definitions' version; ``force`` recomputes unchanged hours too (see the module docs);
     ``partitions``: the log's partition count (a partition the archiver never committed then
     holds every hour back)."""
-    text = msgspec.json.encode(msgspec.to_builtins(definitions.content)).decode()
-    version = store.register_version(definitions.version, text)
+    version = store.register_version(definitions.version, definitions.text)
     storage = open_storage(archive)
     # every log partition must hold the watermark back, archived yet or not
     watermark = read_state(storage).watermark(range(partitions) if partitions else None)

@@ -66,8 +66,7 @@ class DiffRow(msgspec.Struct, frozen=True):
 
 
 def register(store: Store, definitions: Definitions) -> int:
-    text = msgspec.json.encode(msgspec.to_builtins(definitions.content)).decode()
-    return store.register_version(definitions.version, text)
+    return store.register_version(definitions.version, definitions.text)
 
 
 def definitions_of(store: Store, version: int) -> Definitions:

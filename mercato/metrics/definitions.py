@@ -119,6 +119,12 @@ class Definitions:
         canonical = msgspec.json.encode(msgspec.to_builtins(self.content), order="sorted")
         return hashlib.sha256(canonical).hexdigest()[:16]
 
+    @cached_property
+    def text(self) -> str:
+        """The content as JSON: what the store keeps with the version, and what
+        :func:`parse_definitions` reads back into equal definitions."""
+        return msgspec.json.encode(msgspec.to_builtins(self.content)).decode()
+
     @property
     def stored(self) -> list[Metric]:
         return [m for m in self.content.metrics if m.stored]
