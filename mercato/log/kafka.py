@@ -86,6 +86,9 @@ class KafkaLog:
             "bootstrap.servers": config.kafka_bootstrap_servers,
             "client.id": client_id,
             "logger": logger,
+            # back on line within a second of a broker's return (librdkafka's default
+            # backoff grows to 10 s, long enough to time out batches waiting for it)
+            "reconnect.backoff.max.ms": 1000,
         }
         self._common = common
         self._fatal: KafkaError | None = None
