@@ -37,7 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA, sort_partials
-from mercato.store.errors import InvalidPartialsError, InvalidTimezoneError, StoreWriteError
+from mercato.store.errors import (
+    InvalidPartialsError,
+    InvalidTimezoneError,
+    OffsetConflictError,
+    StoreWriteError,
+)
 
 REGISTERED = "registered"
 RUNNING = "running"  # the status of a job run that has started and not finished
@@ -144,7 +149,12 @@ class Store(Protocol):
         ...
 
     def write(
-        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+        self,
+        version: int,
+        consumer: str,
+        partials: pa.Table,
+        offsets: Mapping[int, int],
+        expect: Mapping[int, int | None] | None = None,
     ) -> None:
         """Merge ``partials`` into the rollups of ``version`` and record ``consumer``'s next
         offset for each partition in ``offsets``, all in one transaction.
@@ -154,6 +164,13 @@ class Store(Protocol):
         :class:`~mercato.store.errors.InvalidPartialsError` /
         :class:`~mercato.store.errors.UnknownVersionError`) and neither rows nor offsets
         change. Rows of one key may appear several times in ``partials``; all of them count.
+
+        ``expect`` fences writers that share a consumer's partitions (aggregators in one
+        group during a rebalance): for each partition in it, the offset the writer read
+        (``None``: none stored). If the stored one differs, another writer has moved the
+        partition on, and the store raises :class:`~mercato.store.errors.OffsetConflictError`
+        and stores nothing. Concurrent writes of one partition are serialized, so of two
+        writers expecting the same offset exactly one succeeds.
         """
         ...
 
@@ -339,6 +356,20 @@ class Store(Protocol):
 def days_watermark(merchant_id: str) -> str:
     """The watermark name of how far a merchant's local-day rows are derived."""
     return f"days_through/{merchant_id}"
+
+
+def check_expected_offsets(
+    consumer: str, expect: Mapping[int, int | None] | None, stored: Mapping[int, int]
+) -> None:
+    """Raise :class:`OffsetConflictError` where ``stored`` (the consumer's offsets in the
+    write's transaction) is not what ``expect`` says the writer read (see ``Store.write``)."""
+    conflicts = {
+        int(p): (want, stored.get(int(p)))
+        for p, want in (expect or {}).items()
+        if stored.get(int(p)) != want
+    }
+    if conflicts:
+        raise OffsetConflictError(consumer, conflicts)
 
 
 def conform_partials(partials: pa.Table) -> pa.Table:

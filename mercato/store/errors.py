@@ -7,6 +7,7 @@
         ├── StoreClosedError        the store was used after ``close()``
         ├── StoreSchemaError        the database is not a Mercato store, or newer than this code
         ├── StoreWriteError         a write did not land; none of it did (rows nor offsets)
+        ├── OffsetConflictError     a write's expected offsets are not the stored ones (fenced)
         ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
         ├── UnknownVersionError     no definitions version has that id
         ├── InvalidTimezoneError    not an IANA time zone name
@@ -30,6 +31,20 @@ class StoreSchemaError(StoreError):
 
 class StoreWriteError(StoreError):
     """A write failed and was rolled back: neither its rows nor its offsets were stored."""
+
+
+class OffsetConflictError(StoreError):
+    """A consumer's stored offsets are not the ones a write expected: another process has
+    taken over the partition since the writer read them. Nothing of the write was stored."""
+
+    def __init__(self, consumer: str, conflicts: dict[int, tuple[int | None, int | None]]):
+        shown = ", ".join(
+            f"partition {p}: expected {want}, stored {have}"
+            for p, (want, have) in sorted(conflicts.items())
+        )
+        super().__init__(f"offsets of {consumer!r} moved under the writer ({shown})")
+        self.consumer = consumer
+        self.conflicts = conflicts
 
 
 class InvalidPartialsError(StoreError):

@@ -27,6 +27,7 @@ from mercato.store.base import (
     SealedHour,
     ServingChange,
     VersionTotal,
+    check_expected_offsets,
     check_timezone,
     conform_day_partials,
     conform_partials,
@@ -139,12 +140,18 @@ class MemoryStore:
             yield VersionTotal(*key, *cells[key])
 
     def write(
-        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+        self,
+        version: int,
+        consumer: str,
+        partials: pa.Table,
+        offsets: Mapping[int, int],
+        expect: Mapping[int, int | None] | None = None,
     ) -> None:
         table = conform_partials(partials)
         next_offsets = {int(p): int(o) for p, o in offsets.items()}
         with self._lock:
             self._check_version(version)
+            check_expected_offsets(consumer, expect, self._offsets.get(consumer, {}))
             # Compute every merchant's new table first, then swap them in with the offsets:
             # a failure on the way leaves the store as it was.
             merged: dict[tuple[int, str], pa.Table] = {}

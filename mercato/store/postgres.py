@@ -62,6 +62,7 @@ from mercato.store.base import (
     REGISTERED,
     DefinitionVersion,
     SealedHour,
+    check_expected_offsets,
     check_timezone,
     conform_partials,
     days_watermark,
@@ -207,7 +208,12 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
     # -- rollups and offsets ----------------------------------------------------------------
 
     def write(
-        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+        self,
+        version: int,
+        consumer: str,
+        partials: pa.Table,
+        offsets: Mapping[int, int],
+        expect: Mapping[int, int | None] | None = None,
     ) -> None:
         table = _merged(conform_partials(partials), f"write for {consumer!r}")
         positions = [(consumer, int(p), int(o)) for p, o in offsets.items()]
@@ -216,6 +222,8 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
             try:
                 with db.transaction():
                     _check_version(db, version)
+                    if expect:
+                        _check_offsets(db, consumer, expect)
                     _upsert_rows(db, SPEED, version, table)
                     if positions:
                         with db.cursor() as cursor:
@@ -520,6 +528,23 @@ def _unite_sketches(cursor: psycopg.Cursor[tuple[Any, ...]], target: str) -> Non
         " AND member = %s AND bucket = %s",
         united,
     )
+
+
+def _check_offsets(db: Connection, consumer: str, expect: Mapping[int, int | None]) -> None:
+    """Fence a write (see ``Store.write``): lock each expected partition of ``consumer`` for
+    the rest of the transaction, in partition order (no deadlock between writers), then
+    compare. A row lock cannot guard an offset not stored yet; an advisory lock can."""
+    partitions = sorted(int(p) for p in expect)
+    db.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS p ORDER BY p",
+        (consumer, partitions),
+    )
+    rows = db.execute(
+        "SELECT partition, next_offset FROM consumer_offsets"
+        " WHERE consumer = %s AND partition = ANY(%s)",
+        (consumer, partitions),
+    ).fetchall()
+    check_expected_offsets(consumer, expect, {int(p): int(o) for p, o in rows})
 
 
 def _check_version(db: Connection, version: int) -> None:

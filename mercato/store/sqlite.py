@@ -40,6 +40,7 @@ from mercato.store.base import (
     REGISTERED,
     DefinitionVersion,
     SealedHour,
+    check_expected_offsets,
     check_timezone,
     conform_partials,
     days_watermark,
@@ -280,7 +281,12 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
     # -- rollups and offsets ----------------------------------------------------------------
 
     def write(
-        self, version: int, consumer: str, partials: pa.Table, offsets: Mapping[int, int]
+        self,
+        version: int,
+        consumer: str,
+        partials: pa.Table,
+        offsets: Mapping[int, int],
+        expect: Mapping[int, int | None] | None = None,
     ) -> None:
         table = sort_partials(conform_partials(partials))
         positions = [(consumer, int(p), int(o)) for p, o in offsets.items()]
@@ -289,6 +295,8 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
             try:
                 with _transaction(db):
                     _check_version(db, version)
+                    if expect:
+                        check_expected_offsets(consumer, expect, _offsets(db, consumer))
                     db.executemany(UPSERT_SPEED, _rows(version, table))
                     db.executemany(SET_OFFSET, positions)
             except sqlite3.Error as exc:
@@ -359,11 +367,7 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
 
     def offsets(self, consumer: str) -> dict[int, int]:
         with self._connection() as db:
-            rows = db.execute(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?",
-                (consumer,),
-            ).fetchall()
-        return {int(p): int(o) for p, o in rows}
+            return _offsets(db, consumer)
 
     def read(
         self,
@@ -606,6 +610,13 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
                     self._idle.append(db)
             if not keep:
                 db.close()
+
+
+def _offsets(db: sqlite3.Connection, consumer: str) -> dict[int, int]:
+    rows = db.execute(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = ?", (consumer,)
+    ).fetchall()
+    return {int(p): int(o) for p, o in rows}
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from mercato.store.base import Store
 from mercato.store.errors import (
     InvalidPartialsError,
     InvalidTimezoneError,
+    OffsetConflictError,
     StoreClosedError,
     StoreError,
     StoreWriteError,
@@ -502,6 +503,64 @@ def test_offsets_per_consumer_and_partition(store_factory: StoreFactory) -> None
     assert store.offsets("other") == {0: 100}
     assert store.offsets("nobody") == {}
     assert read_rows(store, v, "m1", ["orders"]) == [row(count=2)]
+
+
+def test_a_write_expecting_other_offsets_is_refused_whole(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(v, "agg", partials(row()), {0: 10}, expect={0: None})
+    with pytest.raises(OffsetConflictError) as refused:
+        store.write(v, "agg", partials(row()), {0: 20, 1: 5}, expect={0: 10, 1: 3})
+    assert refused.value.conflicts == {1: (3, None)}
+    with pytest.raises(OffsetConflictError):
+        store.write(v, "agg", partials(row()), {0: 20}, expect={0: None})
+    assert store.offsets("agg") == {0: 10}
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=1)]
+    store.write(v, "agg", partials(row()), {0: 20, 1: 5}, expect={0: 10, 1: None})
+    assert store.offsets("agg") == {0: 20, 1: 5}
+    assert read_rows(store, v, "m1", ["orders"]) == [row(count=2)]
+
+
+@pytest.mark.parametrize("stored", [None, 7])
+def test_of_writers_expecting_the_same_offsets_exactly_one_lands(
+    store_factory: StoreFactory, stored: int | None
+) -> None:
+    # Aggregators in one group while a partition moves between them: each read offset
+    # ``stored`` and counted the same records; only one may count them.
+    first = store_factory()
+    v = versioned(first)
+    if stored is not None:
+        first.write(v, "agg", PARTIAL_SCHEMA.empty_table(), {0: stored, 1: stored})
+    shared = isinstance(first, MemoryStore)  # a memory store is not shared by a second make()
+    writers = [first] * 4 if shared else [first, *(store_factory() for _ in range(3))]
+    barrier = threading.Barrier(len(writers))
+    outcomes: list[str] = []
+
+    def write(store: Store, partition_order: list[int]) -> None:
+        barrier.wait()
+        try:
+            store.write(
+                v,
+                "agg",
+                partials(row()),
+                {p: 100 for p in partition_order},
+                expect={p: stored for p in partition_order},
+            )
+            outcomes.append("landed")
+        except OffsetConflictError:
+            outcomes.append("fenced")
+
+    threads = [
+        threading.Thread(target=write, args=(store, [0, 1] if i % 2 else [1, 0]))
+        for i, store in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["fenced"] * 3 + ["landed"]
+    assert read_rows(first, v, "m1", ["orders"]) == [row(count=1)]
+    assert first.offsets("agg") == {0: 100, 1: 100}
 
 
 # -- versions, merchants, life cycle ----------------------------------------------------------
