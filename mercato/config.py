@@ -97,6 +97,9 @@ class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_batch_records: Positive = 50_000
     dedup_window: Positive = 200_000
     idle_sleep_ms: Positive = 200
+    # with the kafka log and no `partitions`: aggregators share the topic through this group
+    kafka_group: str = "mercato-aggregator"
+    kafka_session_timeout_ms: Annotated[int, msgspec.Meta(ge=6000)] = 10_000  # Kafka's minimum
 
 
 class ArchiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -25,6 +25,7 @@ from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import rollup
 from mercato.store.base import Store
+from mercato.store.errors import OffsetConflictError
 
 logger = logging.getLogger("mercato.aggregator")
 
@@ -39,6 +40,7 @@ class AggregatorStats(msgspec.Struct):
     partial_rows: int = 0
     dedup_ids: int = 0
     dedup_bytes: int = 0
+    fenced: int = 0  # batches refused because another process had stored past them
 
 
 class Aggregator:
@@ -59,10 +61,6 @@ class Aggregator:
         self.log = log
         self.store = store
         self.definitions = definitions
-        self.partitions = list(range(log.partitions)) if partitions is None else list(partitions)
-        for p in self.partitions:
-            if not 0 <= p < log.partitions:
-                raise AggregatorError(f"partition {p} is not in 0..{log.partitions - 1}")
         self.max_batch_records = max_batch_records
         self.stats = AggregatorStats()
         self._clock = clock
@@ -71,16 +69,43 @@ class Aggregator:
         if store.serving_version() is None:
             store.set_serving_version(self.version)
         self.consumer = f"aggregator/{definitions.version}"
-        stored = store.offsets(self.consumer)
+        self._dedup_window = dedup_window
         # a consumer new to the store starts at start_offsets (a promote's replay) or at
         # the beginning of the log
-        first = start_offsets or {}
-        self.positions = {
-            p: stored.get(p, max(first.get(p, 0), log.start_offset(p))) for p in self.partitions
-        }
-        self.windows = {p: DedupWindow(dedup_window) for p in self.partitions}
-        for p in self.partitions:
-            self._refill_window(p, dedup_window)
+        self._start_offsets = dict(start_offsets or {})
+        self.partitions: list[int] = []
+        self.positions: dict[int, int] = {}
+        self.windows: dict[int, DedupWindow] = {}
+        # the offsets last seen in the store, which a write expects to find there still
+        self._stored: dict[int, int | None] = {}
+        self.assign(range(log.partitions) if partitions is None else partitions)
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Take ``partitions`` on (those not owned yet): start at the store's offsets and
+        refill their dedup windows from the log."""
+        new = sorted(set(partitions) - set(self.partitions))
+        for p in new:
+            if not 0 <= p < self.log.partitions:
+                raise AggregatorError(f"partition {p} is not in 0..{self.log.partitions - 1}")
+        if not new:
+            return
+        stored = self.store.offsets(self.consumer)
+        for p in new:
+            self._stored[p] = stored.get(p)
+            first = max(self._start_offsets.get(p, 0), self.log.start_offset(p))
+            self.positions[p] = stored.get(p, first)
+            self.windows[p] = DedupWindow(self._dedup_window)
+            self._refill_window(p, self._dedup_window)
+        self.partitions = sorted([*self.partitions, *new])
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Give ``partitions`` up; their next batch is another consumer's."""
+        gone = set(partitions)
+        self.partitions = [p for p in self.partitions if p not in gone]
+        for p in gone:
+            self.positions.pop(p, None)
+            self.windows.pop(p, None)
+            self._stored.pop(p, None)
 
     def _refill_window(self, partition: int, capacity: int) -> None:
         """Remember the ids of records already counted, up to the window's capacity."""
@@ -108,10 +133,23 @@ class Aggregator:
         if not entries:
             return 0
         events, partitions, invalid = self._decode(entries)
-        kept = self._drop_duplicates(events, partitions)
+        kept, admitted = self._drop_duplicates(events, partitions)
         partials = rollup(self._builder.build(kept), self.definitions)
-        self.store.write(self.version, self.consumer, partials, ends)
+        expect = {p: self._stored[p] for p in ends}
+        try:
+            self.store.write(self.version, self.consumer, partials, ends, expect)
+        except OffsetConflictError as exc:
+            # another process took these partitions over and stored past them: this batch
+            # is not ours to count; start again from what the store holds
+            logger.warning("%s; the batch was dropped", exc)
+            self.revoke(ends)
+            self.assign(ends)
+            self.stats.fenced += 1
+            return 0
+        for p, keys in admitted.items():  # the windows learn the batch once it counts
+            self.windows[p].remember(keys)
         self.positions.update(ends)
+        self._stored.update(ends)
         self.stats.batches += 1
         self.stats.events += len(kept)
         self.stats.invalid += invalid
@@ -147,18 +185,24 @@ class Aggregator:
                 )
         return events, partitions, invalid
 
-    def _drop_duplicates(self, events: list[Any], partitions: list[int]) -> list[Any]:
+    def _drop_duplicates(
+        self, events: list[Any], partitions: list[int]
+    ) -> tuple[list[Any], dict[int, list[str]]]:
+        """The events not seen before, and per partition the keys to remember once stored."""
         positions: dict[int, list[int]] = {}
         for i, partition in enumerate(partitions):
             positions.setdefault(partition, []).append(i)
         keep = [False] * len(events)
+        admitted: dict[int, list[str]] = {}
         for partition, indexes in positions.items():
             keys = [dedup_key(events[i].merchant_id, events[i].event_id) for i in indexes]
-            for i, new in zip(indexes, self.windows[partition].admit(keys), strict=True):
+            verdicts = self.windows[partition].check(keys)
+            admitted[partition] = [k for k, new in zip(keys, verdicts, strict=True) if new]
+            for i, new in zip(indexes, verdicts, strict=True):
                 keep[i] = new
         kept = [event for event, new in zip(events, keep, strict=True) if new]
         self.stats.duplicates += len(events) - len(kept)
-        return kept
+        return kept, admitted
 
     def lag(self) -> dict[int, int]:
         """Records per owned partition not yet counted."""

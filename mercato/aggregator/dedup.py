@@ -52,8 +52,22 @@ class DedupWindow:
                         generations.popleft()
         return verdicts
 
+    def check(self, keys: Iterable[str]) -> list[bool]:
+        """For each key: True if new, neither in the window nor earlier in ``keys``. Nothing
+        is remembered: :meth:`remember` the new ones once they are counted for good."""
+        verdicts = []
+        generations = self._generations
+        seen: set[str] = set()
+        for key in keys:
+            new = key not in seen and not any(key in g for g in generations)
+            if new:
+                seen.add(key)
+            verdicts.append(new)
+        return verdicts
+
     def remember(self, keys: Iterable[str]) -> None:
-        """Fill the window from records already counted (on start), without counting drops."""
+        """Add ids of records counted for good (after a batch is stored, and on start from
+        the log), without counting drops."""
         dropped = self.dropped
         self.admit(keys)
         self.dropped = dropped

@@ -13,6 +13,7 @@ from mercato.batch.seal import SEALED_THROUGH
 from mercato.batch.versions import REPLAY_MARGIN, definitions_of, replay_start, serving
 from mercato.config import Config
 from mercato.log import open_log
+from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
 from mercato.store import open_store
@@ -36,7 +37,15 @@ def serve(config: Config, *, announce: bool = True) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     log = open_log(config)
+    assignment: Assignment | None = None
     try:
+        assignment = open_assignment(
+            log,
+            config.log,
+            settings.partitions,
+            settings.kafka_group,
+            settings.kafka_session_timeout_ms,
+        )
         with open_store(config) as store:
             version, definitions = serving(store, configured)
             if definitions.version != configured.version:
@@ -49,20 +58,25 @@ def serve(config: Config, *, announce: bool = True) -> None:
                     definitions.version,
                 )
             while not stop.is_set():
-                aggregator = _aggregator(config, log, store, version)
+                aggregator = _aggregator(config, log, store, version, assignment.owned())
                 if announce:
                     print(
-                        f"mercato aggregator: partitions {aggregator.partitions} of "
-                        f"{log.partitions}, definitions {aggregator.definitions.version} "
-                        f"(version {aggregator.version}), store {config.store_path}",
+                        f"mercato aggregator: {assignment.description}, definitions "
+                        f"{aggregator.definitions.version} (version {aggregator.version}), "
+                        f"store {config.store_path}",
                         flush=True,
                     )
-                version = _run(aggregator, stop, settings.idle_sleep_ms / 1000)
+                    announce = False
+                version = _run(aggregator, assignment, stop, settings.idle_sleep_ms / 1000)
     finally:
+        if assignment is not None:
+            assignment.close()
         log.close()
 
 
-def _aggregator(config: Config, log: Log, store: Store, version: int) -> Aggregator:
+def _aggregator(
+    config: Config, log: Log, store: Store, version: int, partitions: list[int]
+) -> Aggregator:
     """An aggregator for ``version``; a consumer new to the store replays the log from a
     little before the version's seal watermark (everything before it is served final)."""
     definitions = definitions_of(store, version)
@@ -75,19 +89,29 @@ def _aggregator(config: Config, log: Log, store: Store, version: int) -> Aggrega
         log,
         store,
         definitions,
-        partitions=config.aggregator.partitions or None,
+        partitions=partitions,
         max_batch_records=config.aggregator.max_batch_records,
         dedup_window=config.aggregator.dedup_window,
         start_offsets=starts,
     )
 
 
-def _run(aggregator: Aggregator, stop: threading.Event, idle_sleep: float) -> int:
-    """Poll until stopped or the serving version changes; return the serving version."""
+def _run(
+    aggregator: Aggregator, assignment: Assignment, stop: threading.Event, idle_sleep: float
+) -> int:
+    """Poll until stopped or the serving version changes; return the serving version.
+    Between batches, take on and give up partitions as ``assignment`` says."""
     reported = checked = time.monotonic()
     version = aggregator.version
     while not stop.is_set():
-        if aggregator.poll() == 0 and not any(aggregator.lag().values()):
+        owned = assignment.owned()
+        if owned != aggregator.partitions:
+            aggregator.revoke(set(aggregator.partitions) - set(owned))
+            aggregator.assign(owned)
+            logger.info("partitions now %s", aggregator.partitions)
+        if aggregator.poll():
+            assignment.stored(aggregator.positions)
+        elif not any(aggregator.lag().values()):
             stop.wait(idle_sleep)
         now = time.monotonic()
         if now - checked >= SERVING_CHECK_SECONDS:
