@@ -16,7 +16,7 @@ from mercato.log import open_log
 from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
-from mercato.store import open_store
+from mercato.store import describe_store, open_store
 from mercato.store.base import Store
 
 logger = logging.getLogger("mercato.aggregator")
@@ -63,7 +63,7 @@ def serve(config: Config, *, announce: bool = True) -> None:
                     print(
                         f"mercato aggregator: {assignment.description}, definitions "
                         f"{aggregator.definitions.version} (version {aggregator.version}), "
-                        f"store {config.store_path}",
+                        f"store {describe_store(config)}",
                         flush=True,
                     )
                     announce = False

@@ -17,7 +17,7 @@ from mercato.query.app import QueryApi
 from mercato.query.operations import Launcher, OperatorApi
 from mercato.query.tokens import TokenSigner, load_or_create
 from mercato.scheduler.jobs import SubprocessRunner
-from mercato.store import open_store
+from mercato.store import describe_store, open_store
 from mercato.store.base import Store
 
 
@@ -76,7 +76,7 @@ def serve(config: Config, *, config_path: str | None = None, announce: bool = Tr
             base = f"http://{config.api.host}:{config.api.port}"
             print(
                 f"mercato api on {base} (docs at /docs, dashboard at /, console at /console, "
-                f"store {config.store_path})",
+                f"store {describe_store(config)})",
                 flush=True,
             )
         operator.start()

@@ -9,7 +9,7 @@ import threading
 from mercato.config import Config
 from mercato.scheduler.jobs import SubprocessRunner
 from mercato.scheduler.scheduler import Scheduler
-from mercato.store import open_store
+from mercato.store import describe_store, open_store
 from mercato.store.errors import StoreError
 
 logger = logging.getLogger("mercato.scheduler")
@@ -31,7 +31,7 @@ def serve(config: Config, *, config_path: str | None = None, announce: bool = Tr
             print(
                 f"mercato scheduler: {scheduler.holder}, "
                 f"{len(scheduler.scheduled)} of {len(scheduler.jobs)} jobs enabled, "
-                f"lease {settings.lease_seconds:g} s, store {config.store_path}",
+                f"lease {settings.lease_seconds:g} s, store {describe_store(config)}",
                 flush=True,
             )
         try:

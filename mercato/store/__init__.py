@@ -12,7 +12,14 @@ from mercato.store.sqlite import SqliteStore
 if TYPE_CHECKING:
     from mercato.config import Config
 
-__all__ = ["DefinitionVersion", "MemoryStore", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "DefinitionVersion",
+    "MemoryStore",
+    "SqliteStore",
+    "Store",
+    "describe_store",
+    "open_store",
+]
 
 
 def open_store(config: Config) -> Store:
@@ -29,3 +36,19 @@ def open_store(config: Config) -> Store:
 
         return PostgresStore(config.store.dsn, config.store)
     return SqliteStore(config.store_path, config.store)
+
+
+def describe_store(config: Config) -> str:
+    """Where the configured store is, for start-up lines: the SQLite file, or the PostgreSQL
+    server and database (never the password)."""
+    if config.store.backend != "postgres":
+        return str(config.store_path)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 (the extra [postgres])
+
+    try:
+        parts = conninfo_to_dict(config.store.dsn)
+    except Exception:
+        return "postgresql (unreadable dsn)"
+    host = parts.get("host") or "localhost"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql database {parts.get('dbname') or '(default)'} at {host}{port}"
