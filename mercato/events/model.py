@@ -76,7 +76,7 @@ def decode_event(value: bytes) -> NormalizedEvent:
 
     Raises ``msgspec.ValidationError`` (or ``msgspec.DecodeError``) on a bad one.
     """
-    if value[:1] != b"{":
+    if value.lstrip()[:1] != b"{":  # JSON may open with whitespace
         return _decoder.decode(value)
     event = _object_decoder.decode(value)
     return NormalizedEvent(**msgspec.structs.asdict(event))

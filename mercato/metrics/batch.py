@@ -119,7 +119,7 @@ class BatchBuilder:
             return self._array.decode(b"[" + b",".join(values) + b"]")
         return [
             self._array.decode(b"[" + value + b"]")[0]
-            if value[:1] == b"["
+            if value.lstrip()[:1] == b"["  # JSON may open with whitespace
             else self._object.decode(value)
             for value in values
         ]

@@ -13,6 +13,8 @@ from mercato.events.model import (
     decode_event,
     encode_event,
 )
+from mercato.metrics.batch import BatchBuilder
+from mercato.metrics.definitions import load_definitions
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=20)
@@ -128,3 +130,14 @@ def test_object_form_from_direct_producers_reads_the_same():
     assert decode_event(as_object) == event
     assert decode_event(encode_event(event)) == event
     assert encode_event(event).startswith(b'["e","m","t"')
+
+
+@pytest.mark.parametrize("space", [b" ", b"\n", b"\r\n\t "])
+def test_records_opening_with_whitespace_decode_in_both_forms(space: bytes) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = NormalizedEvent(event_id="e", merchant_id="m", type="t", event_time=at, received_at=at)
+    as_object = encode_event(ObjectEvent(**msgspec.structs.asdict(event)))
+    for value in (space + as_object, space + encode_event(event)):
+        assert decode_event(value) == event
+        decoded = BatchBuilder(load_definitions()).decode([value, encode_event(event)])
+        assert [e.event_id for e in decoded] == ["e", "e"]
