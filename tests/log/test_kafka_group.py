@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from mercato.config import StoreConfig
 from mercato.log.kafka import KafkaLog
@@ -206,8 +207,19 @@ def test_two_aggregators_in_a_group_one_killed_mid_batch_count_every_event_once(
         with SqliteStore(tmp_path / "data" / "store.sqlite3", StoreConfig()) as store:
             return store.offsets(consumer) == ends
 
+    def committed() -> dict[int, int]:  # what lag tools see: the group's committed offsets
+        reader = Consumer(
+            {"bootstrap.servers": log_config.kafka_bootstrap_servers, "group.id": group}
+        )
+        try:
+            wanted = [TopicPartition(log_config.kafka_topic, p) for p in range(4)]
+            return {tp.partition: tp.offset for tp in reader.committed(wanted, timeout=10)}
+        finally:
+            reader.close()
+
     try:
         wait_for(drained, 90, "the aggregators to count the whole topic")
+        wait_for(lambda: committed() == ends, 30, "the group's offsets for lag tools")
     finally:
         for member in members.values():
             member.stop()
