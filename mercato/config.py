@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import msgspec
 
+from mercato.archive.storage import ArchiveStorage
 from mercato.errors import MercatoError
 from mercato.scheduler.cron import parse_cron
 from mercato.scheduler.errors import CronError
@@ -105,12 +106,14 @@ class AggregatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ArchiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[archive]``: the raw-event archive (Parquet, partitioned by event hour)."""
 
-    path: str = ""  # empty: <data_dir>/archive
+    path: str = ""  # empty: <data_dir>/archive; or s3://bucket/prefix
     partitions: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
     max_batch_records: Positive = 200_000
     flush_interval_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10
     idle_sleep_ms: Positive = 500
     compression_level: Annotated[int, msgspec.Meta(ge=1, le=22)] = 3
+    s3_endpoint: str = ""  # empty: AWS; else a URL like http://minio:9000 (scheme: TLS or not)
+    s3_region: str = ""  # empty: the AWS SDK's default
 
 
 class BatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -219,7 +222,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.data_path / "keys.json"
 
     @property
-    def archive_path(self) -> Path:
+    def archive_path(self) -> Path | ArchiveStorage:
+        """The archive root: a local directory, or the storage of an ``s3://`` one (a path
+        alone does not say which endpoint and region to reach it at)."""
+        if "://" in self.archive.path:
+            settings = self.archive
+            return ArchiveStorage(
+                settings.path, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region
+            )
         return Path(self.archive.path) if self.archive.path else self.data_path / "archive"
 
     @property

@@ -1,4 +1,5 @@
-"""Fixtures shared by the suite: real collector server processes on loopback."""
+"""Fixtures shared by the suite: real collector server processes on loopback, and an
+S3-compatible object store (moto's server) for ``s3://`` archive roots."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import pyarrow.fs as pafs
 import pytest
 
+from mercato.archive.storage import ArchiveStorage
 from mercato.collector.keys import KeyStore
 from mercato.demo.runner import free_port
 
@@ -115,3 +119,93 @@ def collector_factory(tmp_path: Path) -> Iterator[CollectorFactory]:
     factory = CollectorFactory(tmp_path / "data", tmp_path)
     yield factory
     factory.kill_all()
+
+
+class S3Server:
+    """moto's S3 server (``python -m moto.server``) on loopback, in a subprocess: a real HTTP
+    object store that pyarrow's S3 client talks to as to AWS or MinIO."""
+
+    ACCESS_KEY = "mercato-test"
+    SECRET_KEY = "mercato-test-secret"
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> S3Server:
+        with open(self.output, "ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=output,
+                stderr=output,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output_text = self.output.read_text(errors="replace")
+                raise RuntimeError(f"moto exited with {self.process.returncode}: {output_text}")
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                connection.request("GET", "/")
+                if connection.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+            finally:
+                connection.close()
+        raise RuntimeError("moto's S3 server did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def create_bucket(self) -> str:
+        name = f"mercato-{uuid.uuid4().hex[:12]}"
+        fs = pafs.S3FileSystem(
+            access_key=self.ACCESS_KEY,
+            secret_key=self.SECRET_KEY,
+            endpoint_override=f"127.0.0.1:{self.port}",
+            scheme="http",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        )
+        fs.create_dir(name)
+        return name
+
+
+class S3Root:
+    """An ``s3://`` archive root in a bucket of its own."""
+
+    def __init__(self, url: str, endpoint: str) -> None:
+        self.url = url
+        self.endpoint = endpoint
+
+    def storage(self) -> ArchiveStorage:
+        return ArchiveStorage(self.url, s3_endpoint=self.endpoint)
+
+    def env(self) -> dict[str, str]:
+        """The ``MERCATO_*`` variables that point a ``mercato`` command at this root."""
+        return {"MERCATO_ARCHIVE_PATH": self.url, "MERCATO_ARCHIVE_S3_ENDPOINT": self.endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.out").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Root:
+    """An empty ``s3://<new bucket>/archive`` on :func:`s3_server`, with the server's dummy
+    credentials in the environment (as ``AWS_*`` variables, where deployments put them)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3Server.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3Server.SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookups
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return S3Root(f"s3://{s3_server.create_bucket()}/archive", s3_server.endpoint)

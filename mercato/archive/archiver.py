@@ -80,9 +80,10 @@ class Archiver:
 
     ``clock`` gives wall-clock seconds since the epoch; it times flushes and watermarks.
     While it exists, the archiver holds a lock per partition, so a second archiver of the
-    same partition and root fails with :class:`~mercato.archive.errors.PartitionBusyError`;
-    :meth:`close` releases them (and drops records not yet flushed: call :meth:`flush` first
-    to keep them).
+    same partition and local root fails with
+    :class:`~mercato.archive.errors.PartitionBusyError` (an ``s3://`` root has no locks: see
+    :mod:`mercato.archive.storage`); :meth:`close` releases them (and drops records not yet
+    flushed: call :meth:`flush` first to keep them).
     """
 
     def __init__(

@@ -8,12 +8,14 @@ records with no event in this hour, so the merged range still covers exactly its
 
 Order of work, so a kill at any point leaves a readable archive and a rerun finishes the job:
 
-1. the merged rows, in archive row order, go to a temp file that is fsync'd;
+1. the merged rows, in archive row order, go to a temp file that is fsync'd (on S3: to
+   memory);
 2. the temp file is read back and must hold the inputs' row count and event checksum
    (:func:`~mercato.archive.schema.event_checksum`); otherwise it is deleted and
    :class:`~mercato.archive.errors.CompactionError` raised, the inputs untouched;
-3. it is renamed to its name and the directory fsync'd: from here readers use it and skip
-   the inputs, which lie inside its range (the containment part of the committed rule);
+3. it is renamed to its name and the directory fsync'd (on S3: put under its name): from
+   here readers use it and skip the inputs, which lie inside its range (the containment
+   part of the committed rule);
 4. the inputs are deleted.
 
 A rerun first deletes committed files contained in another committed file (left by a kill
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -140,8 +143,8 @@ def _merge(storage: ArchiveStorage, run: list[ArchiveFile], compression_level: i
     checksum = event_checksum(table)
     target = ArchiveFile(run[0].hour, run[0].partition, run[0].first, run[-1].last)
 
-    def verify(path: str) -> None:
-        written = read_parquet(path)
+    def verify(source: Any) -> None:
+        written = read_parquet(source)
         if written.num_rows != rows or event_checksum(written) != checksum:
             raise CompactionError(
                 f"{target.path}: the merged file does not hold its {len(run)} inputs' "

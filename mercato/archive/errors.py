@@ -8,6 +8,9 @@
         │                           unsupported root, a state file that does not parse, or
         │                           committed files that overlap without one containing the other
         ├── PartitionBusyError      another archiver process owns one of the partitions
+        ├── ArchiveUnavailableError the object store of an s3:// root cannot be used: it
+        │                           cannot be reached, the bucket does not exist, or access
+        │                           is denied
         └── CompactionError         a merged file did not hold exactly its inputs' rows; the
                                     merged file was deleted and the inputs kept
 """
@@ -25,6 +28,10 @@ class ArchiveLayoutError(ArchiveError):
 
 class PartitionBusyError(ArchiveError):
     """Another archiver holds the partition's lock."""
+
+
+class ArchiveUnavailableError(ArchiveError):
+    """The object store holding the archive cannot be reached or used."""
 
 
 class CompactionError(ArchiveError):

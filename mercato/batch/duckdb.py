@@ -1,4 +1,9 @@
-"""The embedded batch engine: DuckDB reads and de-duplicates, the kernel rolls up."""
+"""The embedded batch engine: DuckDB reads and de-duplicates, the kernel rolls up.
+
+Local files DuckDB reads itself (``read_parquet``). It has no S3 reader without its httpfs
+extension, which it would download; so files on an object store are handed to it as a
+``pyarrow.dataset`` on the archive's file system, which it scans in place, batch by batch.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,23 @@ from collections.abc import Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from mercato.archive.schema import SCHEMA
-from mercato.batch.engine import Rollup
+from mercato.batch.engine import Rollup, is_local
 from mercato.batch.errors import EngineError
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import empty_partials, merge, rollup
 
 COLUMNS = ", ".join(SCHEMA.names)
+LOCAL_FILES = "read_parquet($paths, hive_partitioning = false)"
+DATASET = "archive_files"  # the name an object store's files are registered under
 # One row per event: the first delivery in log order. Rows come out in the archive's own
 # order, so the same files always feed the kernel the same chunks.
 DISTINCT_EVENTS = f"""
-    SELECT {COLUMNS} FROM read_parquet($paths, hive_partitioning = false)
+    SELECT {COLUMNS} FROM {{files}}
     QUALIFY row_number() OVER (
         PARTITION BY merchant_id, event_id ORDER BY log_partition, log_offset
     ) = 1
@@ -37,16 +46,26 @@ class DuckDbEngine:
         if threads:
             self._db.execute(f"SET threads = {int(threads)}")
 
-    def rollup(self, paths: Sequence[str], definitions: Definitions) -> Rollup:
+    def rollup(
+        self,
+        paths: Sequence[str],
+        definitions: Definitions,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> Rollup:
         if not paths:
             return Rollup(empty_partials(), 0, 0)
         builder = BatchBuilder(definitions)
+        if is_local(filesystem):
+            files, params = LOCAL_FILES, {"paths": list(paths)}
+        else:
+            dataset = ds.dataset(
+                list(paths), schema=SCHEMA, format="parquet", filesystem=filesystem
+            )
+            self._db.register(DATASET, dataset)
+            files, params = DATASET, {}
         try:
-            counted = self._db.sql(
-                "SELECT count(*) FROM read_parquet($paths, hive_partitioning = false)",
-                params={"paths": list(paths)},
-            ).fetchall()
-            relation = self._db.sql(DISTINCT_EVENTS, params={"paths": list(paths)})
+            counted = self._db.sql(f"SELECT count(*) FROM {files}", params=params).fetchall()
+            relation = self._db.sql(DISTINCT_EVENTS.format(files=files), params=params)
             reader: pa.RecordBatchReader = relation.to_arrow_reader(self.chunk_rows)
             parts, events = [], 0
             for batch in reader:
@@ -54,8 +73,11 @@ class DuckDbEngine:
                     table = pa.Table.from_batches([batch])
                     parts.append(rollup(builder.from_archive(table), definitions))
                     events += batch.num_rows
-        except duckdb.Error as exc:
+        except (duckdb.Error, OSError) as exc:
             raise EngineError(f"DuckDB could not read the archive: {exc}") from exc
+        finally:
+            if files == DATASET:
+                self._db.unregister(DATASET)
         partials = merge(parts) if parts else empty_partials()
         return Rollup(partials, events, int(counted[0][0]))
 

@@ -6,7 +6,9 @@ runs the rollup kernel (:func:`mercato.metrics.kernel.rollup`, the same one the 
 runs) over them, merging the partials of its chunks with :func:`~mercato.metrics.kernel.merge`.
 Engines differ only in who reads, de-duplicates and schedules: DuckDB in this process
 (the embedded default, :mod:`mercato.batch.duckdb`) or Spark on its executors (extra
-``[spark]``, :mod:`mercato.batch.spark`).
+``[spark]``, :mod:`mercato.batch.spark`). Both read the files in place on the archive's file
+system (:attr:`mercato.archive.storage.ArchiveStorage.fs`): local files with their own
+Parquet readers, an object store's through ``pyarrow.fs``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Protocol
 
 import msgspec
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from mercato.batch.errors import EngineError
 from mercato.metrics.definitions import Definitions
@@ -34,11 +37,23 @@ class Rollup(msgspec.Struct, frozen=True):
 class Engine(Protocol):
     name: str
 
-    def rollup(self, paths: Sequence[str], definitions: Definitions) -> Rollup:
-        """The merged partials of the distinct events in the archive files ``paths``."""
+    def rollup(
+        self,
+        paths: Sequence[str],
+        definitions: Definitions,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> Rollup:
+        """The merged partials of the distinct events in the archive files ``paths`` of
+        ``filesystem`` (None: local paths)."""
         ...
 
     def close(self) -> None: ...
+
+
+def is_local(filesystem: pafs.FileSystem | None) -> bool:
+    """Whether paths of ``filesystem`` are local paths, which engines read with their own
+    readers (anything else they read through ``pyarrow.fs``)."""
+    return filesystem is None or isinstance(filesystem, pafs.LocalFileSystem)
 
 
 def open_engine(

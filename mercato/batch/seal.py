@@ -118,7 +118,8 @@ def seal(
             report.unchanged += 1
         else:
             began = time.perf_counter()
-            result = engine.rollup([storage.path(f.path) for f in files], definitions)
+            paths = [storage.path(f.path) for f in files]
+            result = engine.rollup(paths, definitions, storage.fs)
             store.write_sealed_hour(version, epoch, result.partials, mark, result.events)
             done = HourSeal(
                 hour,

@@ -9,6 +9,11 @@ batch API (``mapInArrow``): each task runs the rollup kernel over Arrow batches 
 Shuffling by merchant alone (it also satisfies the window's partitioning) puts each
 merchant's events in one task, so a partial key comes back from one task, not from all.
 
+Local files Spark reads itself (``spark.read.parquet``). An object store's it reads through
+``pyarrow.fs`` in its tasks (:func:`read_task`: the file list is spread over the tasks, each
+reads its files in place), since Spark's own S3 connector (hadoop-aws, ``s3a://``) is a jar
+it may not have; the executors then need the same S3 credentials in their environment.
+
 PySpark 4 and Java 17 or later. The session starts on first use — seconds of JVM start-up —
 and stays for the engines that follow in the process, until :func:`stop_session`. Local mode
 by default (``local[threads]``, every core when ``threads`` is 0): the Python workers run
@@ -26,16 +31,18 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
-from pyspark.sql import SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.observation import Observation
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.pandas.utils import require_minimum_pandas_version
 
 from mercato.archive.schema import SCHEMA
-from mercato.batch.engine import Rollup
+from mercato.batch.engine import Rollup, is_local
 from mercato.batch.errors import EngineError
 from mercato.metrics.batch import BASE_COLUMNS, BatchBuilder
 from mercato.metrics.definitions import Definitions
@@ -50,6 +57,7 @@ KERNEL_INPUT = pa.schema(
     [pa.field(f.name, f.type) for f in SCHEMA if f.name in {*BASE_COLUMNS, "properties", "context"}]
 )
 PARTIALS = from_arrow_schema(PARTIAL_SCHEMA)
+ARCHIVED = from_arrow_schema(SCHEMA)
 LOG_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
 SETTINGS = {
     "spark.ui.enabled": "false",
@@ -129,6 +137,18 @@ def rollup_task(
         yield from merge(parts).to_batches()
 
 
+def read_task(
+    batches: Iterable[pa.RecordBatch], filesystem: pafs.FileSystem, chunk_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Runs in a Spark task: the rows of the archive files named in ``batches``' ``path``
+    column, read in place from ``filesystem`` in batches of at most ``chunk_rows``."""
+    for batch in batches:
+        for path in batch.column("path").to_pylist():
+            with filesystem.open_input_file(path) as source:
+                for rows in pq.ParquetFile(source).iter_batches(chunk_rows, columns=SCHEMA.names):
+                    yield pa.Table.from_batches([rows]).cast(SCHEMA).to_batches()[0]
+
+
 class SparkEngine:
     """Runs on Spark: ``master`` (default: local mode with ``threads`` cores, 0 = all)."""
 
@@ -141,7 +161,12 @@ class SparkEngine:
         self.master = master or f"local[{int(threads) or '*'}]"
         spark_session(self.master)  # start-up errors here, not at the first rollup
 
-    def rollup(self, paths: Sequence[str], definitions: Definitions) -> Rollup:
+    def rollup(
+        self,
+        paths: Sequence[str],
+        definitions: Definitions,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> Rollup:
         if not paths:
             return Rollup(empty_partials(), 0, 0)
         read, kept = Observation("archived_rows"), Observation("distinct_events")
@@ -149,11 +174,7 @@ class SparkEngine:
         spark = spark_session(self.master)
         try:
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", self.chunk_rows)
-            rows = (
-                spark.read.parquet(*paths)
-                .select(*SCHEMA.names)  # not the hive partition columns
-                .observe(read, F.count(F.lit(1)).alias("n"))
-            )
+            rows = self._read(spark, paths, filesystem).observe(read, F.count(F.lit(1)).alias("n"))
             distinct = (
                 rows.repartition("merchant_id")
                 .withColumn("delivery", F.row_number().over(first))
@@ -170,6 +191,17 @@ class SparkEngine:
 
     def close(self) -> None:
         """Nothing to release: the session stays for the process's next engine."""
+
+    def _read(
+        self, spark: SparkSession, paths: Sequence[str], filesystem: pafs.FileSystem | None
+    ) -> DataFrame:
+        """The archived rows of ``paths``, without the hive partition columns."""
+        if is_local(filesystem):
+            return spark.read.parquet(*paths).select(*SCHEMA.names)
+        tasks = min(len(paths), spark.sparkContext.defaultParallelism)
+        files = spark.createDataFrame([(p,) for p in paths], "path string").repartition(tasks)
+        task = partial(read_task, filesystem=filesystem, chunk_rows=self.chunk_rows)
+        return files.mapInArrow(task, ARCHIVED)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mercato.archive.layout import Root
+from mercato.archive.storage import ArchiveStorage
 from mercato.batch.versions import DROPPED, VersionError, diff
 from mercato.config import Config
 from mercato.errors import MercatoError
@@ -135,9 +137,9 @@ class OperatorApi:
             Route("/v1/admin/merchants/{merchant_id}", guard(self.merchant)),
         ]
 
-    def _archive_root(self) -> str | None:
-        path = self.config.archive_path
-        return str(path) if "://" in str(path) or path.exists() else None
+    def _archive_root(self) -> Root | None:
+        root = self.config.archive_path
+        return root if isinstance(root, ArchiveStorage) or root.exists() else None
 
     # -- reads --------------------------------------------------------------------------------
 

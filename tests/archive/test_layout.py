@@ -149,7 +149,11 @@ def test_committed_files_reads_the_state_and_the_directories(tmp_path):
     assert committed_files(tmp_path, [H + timedelta(hours=1)]) == []
 
 
-def test_only_local_roots_for_now():
-    with pytest.raises(ArchiveLayoutError, match="only local archive roots"):
+def test_roots_are_local_or_s3():
+    with pytest.raises(ArchiveLayoutError, match="an archive root is local or s3://"):
         ArchiveStorage("mock:///archive")
+    with pytest.raises(ArchiveLayoutError, match=r"s3://bucket\[/prefix\], not s3://"):
+        ArchiveStorage("s3://")
     assert ArchiveStorage("file:///tmp/archive").root == "/tmp/archive"
+    s3 = ArchiveStorage("s3://bucket/prefix/", s3_endpoint="http://127.0.0.1:9")  # no I/O yet
+    assert (s3.root, str(s3), s3.local) == ("bucket/prefix", "s3://bucket/prefix", False)

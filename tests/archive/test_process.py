@@ -11,11 +11,12 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mercato.archive.layout import committed_files, list_files, list_hours, read_state
-from mercato.config import load_config
+from mercato.config import Config, load_config
 from mercato.log import open_log
 
 from .conftest import assert_exactly_once, records
@@ -40,10 +41,10 @@ def environment(data: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def mercato(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def mercato(data: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mercato", *args],
-        env=environment(data),
+        env=environment(data, **extra),
         capture_output=True,
         text=True,
         timeout=120,
@@ -51,17 +52,17 @@ def mercato(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_archiver(data: Path, output: Path) -> subprocess.Popen[bytes]:
+def start_archiver(data: Path, output: Path, **extra: str) -> subprocess.Popen[bytes]:
     with open(output, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "mercato", "run", "archiver"],
-            env=environment(data),
+            env=environment(data, **extra),
             stdout=out,
             stderr=out,
         )
 
 
-def archived_so_far(root: Path) -> int:
+def archived_so_far(root: Any) -> int:
     try:
         return sum(read_state(root).next_offsets().values())
     except Exception:  # the state is being replaced: only a reader's retry is wanted here
@@ -77,38 +78,52 @@ def wait_for(condition, process: subprocess.Popen[bytes], output: Path, timeout:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def filled(tmp_path):
-    config = load_config(env=environment(tmp_path))
+def fill(data: Path, events: int, **extra: str) -> Config:
+    """A log of ``events`` events under ``data``; the configuration ``mercato`` sees there."""
+    config = load_config(env=environment(data, **extra))
     with open_log(config) as log:
-        for start in range(0, EVENTS, 10_000):
-            log.append(records(start, start + 10_000, merchants=500, spread=timedelta(hours=6)))
-    return tmp_path, config
+        for start in range(0, events, 10_000):
+            stop = min(start + 10_000, events)
+            log.append(records(start, stop, merchants=500, spread=timedelta(hours=6)))
+    return config
 
 
-def test_kill_9_while_archiving_then_restart_reads_every_event_once(filled):
-    data, config = filled
+def kill_9_and_restart(data: Path, events: int, kills: int, steps: range, **extra: str) -> None:
+    """Start the archiver and kill -9 it ``kills`` times, each after it committed a random
+    number in ``steps`` more records, then let it finish and stop it; the archive must then
+    hold the ``events`` records of the log exactly once, and no leftover."""
+    config = load_config(env=environment(data, **extra))
     root = config.archive_path
     output = data / "archiver.out"
     rnd = random.Random(11)
-    kills = []
-    for _ in range(5):
-        process = start_archiver(data, output)
-        target = archived_so_far(root) + rnd.randrange(10_000, 30_000)
+    killed_at = []
+    for _ in range(kills):
+        process = start_archiver(data, output, **extra)
+        target = archived_so_far(root) + rnd.randrange(steps.start, steps.stop)
         wait_for(lambda t=target: archived_so_far(root) >= t, process, output)
         time.sleep(rnd.random() * 0.05)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-        kills.append(archived_so_far(root))
-    assert kills[-1] < EVENTS, "the archiver finished before the last kill"
-    process = start_archiver(data, output)
-    wait_for(lambda: archived_so_far(root) == EVENTS, process, output)
+        killed_at.append(archived_so_far(root))
+    assert killed_at[-1] < events, "the archiver finished before the last kill"
+    process = start_archiver(data, output, **extra)
+    wait_for(lambda: archived_so_far(root) == events, process, output)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, output.read_text()
     with open_log(config) as log:
         assert_exactly_once(root, log)
     everything = [f for hour in list_hours(root) for f in list_files(root, hour)]
     assert committed_files(root) == everything  # every crashed batch's leftover is gone
+
+
+@pytest.fixture
+def filled(tmp_path):
+    return tmp_path, fill(tmp_path, EVENTS)
+
+
+def test_kill_9_while_archiving_then_restart_reads_every_event_once(filled):
+    data, _ = filled
+    kill_9_and_restart(data, EVENTS, kills=5, steps=range(10_000, 30_000))
 
 
 def test_compact_from_the_command_line(filled):

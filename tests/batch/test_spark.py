@@ -33,7 +33,9 @@ from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.kernel import KEY, sketch_estimate, sort_partials
 from mercato.store.sqlite import SqliteStore
+from tests.archive.test_s3 import sealed_from_the_command_line
 from tests.batch.test_seal import DEFINITIONS, EVERYTHING, MERCHANTS, run_archiver, traffic
+from tests.conftest import S3Root
 
 pytestmark = pytest.mark.slow  # a JVM start-up, then about a second per Spark job
 
@@ -175,6 +177,23 @@ def test_seal_with_spark_stores_what_a_duckdb_seal_stores(
     assert compared > 5_000
     assert our_hours == their_hours  # hours, events, rows read, partials
     assert sum(h[1] for h in our_hours) == 6_000
+
+
+def test_a_spark_seal_of_an_s3_archive_stores_what_a_duckdb_seal_of_a_local_one_stores(
+    s3_root: S3Root, tmp_path: Path
+) -> None:
+    """``mercato seal`` with the Spark engine in a process of its own, so that its tasks start
+    with the S3 credentials in their environment, as a deployment's do; Spark reads the files
+    in place through pyarrow.fs in its tasks."""
+    records = traffic(3_000)
+    spark = {"MERCATO_BATCH_ENGINE": "spark", "MERCATO_BATCH_THREADS": "2"}
+    on_s3 = sealed_from_the_command_line(tmp_path / "s3", records, **s3_root.env(), **spark)
+    local = sealed_from_the_command_line(tmp_path / "local", records)
+    assert on_s3.keys() == local.keys()
+    for key, rows in local.items():
+        assert_same_rows(on_s3[key], rows)  # type: ignore[arg-type]
+    assert sum(len(rows) for rows in local.values()) > 5_000
+    assert not (tmp_path / "s3" / "archive").exists()
 
 
 def test_the_session_is_started_once_per_process(spark: SparkEngine) -> None:
