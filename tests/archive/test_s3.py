@@ -25,8 +25,9 @@ from mercato.store.sqlite import SqliteStore
 from tests.batch.test_seal import DEFINITIONS, EVERYTHING, MERCHANTS, run_archiver
 from tests.batch.test_seal import traffic as seal_traffic
 from tests.conftest import S3Root
+from tests.serving import ADMIN, ApiProcess
 
-from .conftest import archived, assert_exactly_once, config, drain, records
+from .conftest import Clock, archived, assert_exactly_once, config, drain, records
 from .test_process import environment, fill, kill_9_and_restart, mercato
 
 STORED = [m.name for m in DEFINITIONS.stored]
@@ -34,7 +35,8 @@ DIMENSIONS = ("", "channel", "country", "payment_method", "api_path")
 
 
 def archive(log: MemoryLog, root: object, batch: int = 40) -> None:
-    with Archiver(log, root, config(max_batch_records=batch)) as archiver:  # type: ignore[arg-type]
+    settings = config(max_batch_records=batch)
+    with Archiver(log, root, settings, clock=Clock()) as archiver:  # type: ignore[arg-type]
         drain(archiver)
 
 
@@ -216,3 +218,30 @@ def test_an_s3_root_has_no_local_lock(s3_root: S3Root):
         pass
     with pytest.raises(ArchiveUnavailableError, match="does not exist"):
         read_state(ArchiveStorage("s3://no-such-bucket/x", s3_endpoint=s3_root.endpoint))
+
+
+@pytest.mark.slow
+def test_the_consoles_archive_endpoint_reads_an_s3_root(s3_root: S3Root, tmp_path: Path):
+    log = MemoryLog(2)
+    log.append(records(0, 400))
+    archive(log, s3_root.storage())
+    archive(log, tmp_path / "local" / "archive")
+    answers = {}
+    for name, env in [("s3", s3_root.env()), ("local", {})]:
+        (tmp_path / name).mkdir(exist_ok=True)
+        api = ApiProcess(tmp_path / name, env)
+        try:
+            status, body = api.get("/v1/admin/archive?days=3", ADMIN)
+            assert status == 200, body
+            pipeline_status, pipeline = api.get("/v1/admin/pipeline", ADMIN)
+            assert pipeline_status == 200, pipeline
+        finally:
+            api.stop()
+        answers[name] = (body, pipeline["freshness"]["archived_through"])
+    (on_s3, s3_mark), (local, local_mark) = answers["s3"], answers["local"]
+    assert on_s3.pop("path") == s3_root.url
+    assert local.pop("path") == str(tmp_path / "local" / "archive")
+    assert on_s3 == local
+    assert on_s3["exists"] is True
+    assert on_s3["files"] == len(committed_files(s3_root.storage())) > 0
+    assert s3_mark == local_mark is not None
