@@ -146,7 +146,7 @@ def read_task(
         for path in batch.column("path").to_pylist():
             with filesystem.open_input_file(path) as source:
                 for rows in pq.ParquetFile(source).iter_batches(chunk_rows, columns=SCHEMA.names):
-                    yield pa.Table.from_batches([rows]).cast(SCHEMA).to_batches()[0]
+                    yield from pa.Table.from_batches([rows]).cast(SCHEMA).to_batches()
 
 
 class SparkEngine:
