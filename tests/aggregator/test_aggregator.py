@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -190,18 +191,21 @@ class StallingStore(MemoryStore):
     """Runs ``meanwhile`` just before the next write: another aggregator's work, done while
     this one was stalled between reading its batch and storing it."""
 
-    meanwhile: list[object] = []
+    def __init__(self) -> None:
+        super().__init__()
+        self.meanwhile: list[Callable[[], object]] = []
 
     def write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         while self.meanwhile:
-            self.meanwhile.pop()()  # type: ignore[operator]
+            self.meanwhile.pop()()
         return super().write(*args, **kwargs)
 
 
 def test_a_stalled_aggregator_is_fenced_when_another_took_its_partitions():
     log, store = MemoryLog(2), StallingStore()
     log.append([order(f"e{i}", f"m_{i % 7}", amount=i) for i in range(100)])
-    assert log.end_offset(0) > 20 and log.end_offset(1) > 20
+    assert log.end_offset(0) > 20
+    assert log.end_offset(1) > 20
     stalled = Aggregator(log, store, DEFINITIONS, max_batch_records=10)
     stalled.poll()
     # stalled is paused past its session; the group gives partition 1 to a new member,
