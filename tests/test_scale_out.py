@@ -1,8 +1,8 @@
 """One process per role on the scale-out backends: two collectors, two aggregators (one Kafka
 consumer group), an archiver, the query API and the scheduler, as separate processes on
-librdkafka's mock Kafka cluster and a real PostgreSQL server. Traffic flows while one process
-of each role is killed -9 and restarted; afterwards the query API's answers must equal a
-recomputation from the events sent, in plain Python."""
+librdkafka's mock Kafka cluster, a real PostgreSQL server and an S3 archive (moto's server).
+Traffic flows while one process of each role is killed -9 and restarted; afterwards the query
+API's answers must equal a recomputation from the events sent, in plain Python."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from mercato.log.kafka_mock import MockKafkaCluster
 from mercato.metrics.definitions import load_definitions
 from mercato.query.tokens import TokenSigner
 from mercato.store import open_store
-from tests.conftest import CollectorFactory
+from tests.conftest import CollectorFactory, S3Root
 from tests.store.conftest import fresh_database, postgres_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -197,6 +197,7 @@ def kafka() -> Iterator[MockKafkaCluster]:
 def test_one_process_per_role_survives_kill_9_of_each_and_answers_exactly(
     kafka: MockKafkaCluster,
     postgres_server: str,  # noqa: F811 (the fixture)
+    s3_root: S3Root,
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
@@ -222,7 +223,8 @@ def test_one_process_per_role_survives_kill_9_of_each_and_answers_exactly(
                 max_batch_records = 500
                 idle_sleep_ms = 50
                 [archive]
-                path = "{tmp_path / "archive"}"
+                path = "{s3_root.url}"
+                s3_endpoint = "{s3_root.endpoint}"
                 flush_interval_seconds = 1
                 idle_sleep_ms = 100
                 [batch]
