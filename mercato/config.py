@@ -55,6 +55,12 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kafka_delivery_timeout_ms: Positive = 30_000
     kafka_queue_max_messages: Positive = 1_000_000
     kafka_linger_ms: NonNegative = 5
+    # managed Kafka usually wants TLS and SASL (the password is best set as an env variable)
+    kafka_security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_ca_location: str = ""  # empty: the system's CA certificates
 
 
 class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

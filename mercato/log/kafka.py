@@ -38,7 +38,7 @@ from mercato.log.base import (
     partition_for,
 )
 from mercato.log.errors import LogError, LogWriteError, OffsetOutOfRangeError
-from mercato.log.kafka_admin import describe, topic_partitions
+from mercato.log.kafka_admin import client_settings, describe, topic_partitions
 
 if TYPE_CHECKING:
     from mercato.config import LogConfig
@@ -82,19 +82,14 @@ class KafkaLog:
         self.config = config
         self.topic = config.kafka_topic
         self._partitions = config.partitions
-        common: dict[str, object] = {
-            "bootstrap.servers": config.kafka_bootstrap_servers,
-            "client.id": client_id,
-            "logger": logger,
-            # back on line within a second of a broker's return (librdkafka's default
-            # backoff grows to 10 s, long enough to time out batches waiting for it)
-            "reconnect.backoff.max.ms": 1000,
-        }
-        self._common = common
+        self._common = client_settings(config, **{"client.id": client_id, "logger": logger})
         self._fatal: KafkaError | None = None
         self._produce_lock = threading.Lock()
-        self._producer = self._new_producer()
-        self._meta = self._consumer()
+        try:
+            self._producer = self._new_producer()
+            self._meta = self._consumer()
+        except KafkaException as exc:  # settings librdkafka refuses
+            raise LogError(f"kafka client settings: {describe(exc)}") from None
         self._meta_lock = threading.Lock()
         self._readers: dict[int, tuple[Consumer, list[int]]] = {}
         self._read_lock = threading.Lock()

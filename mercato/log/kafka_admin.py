@@ -28,6 +28,34 @@ class PartitionHealth(msgspec.Struct, frozen=True):
     end_offset: int
 
 
+def client_settings(config: LogConfig, **extra: Any) -> dict[str, Any]:
+    """The librdkafka settings every Mercato client of the topic starts from: the brokers,
+    TLS and SASL as configured, and a reconnect backoff of at most a second (librdkafka's
+    default grows to 10 s, long enough to time out batches waiting for a broker that is back).
+    """
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.kafka_bootstrap_servers,
+        "security.protocol": config.kafka_security_protocol,
+        "reconnect.backoff.max.ms": 1000,
+    }
+    if config.kafka_security_protocol.startswith("sasl"):
+        settings |= {
+            "sasl.mechanisms": config.kafka_sasl_mechanism,
+            "sasl.username": config.kafka_sasl_username,
+            "sasl.password": config.kafka_sasl_password,
+        }
+    if config.kafka_ssl_ca_location and config.kafka_security_protocol.endswith("ssl"):
+        settings["ssl.ca.location"] = config.kafka_ssl_ca_location
+    return settings | extra
+
+
+def _client(kind: Any, settings: dict[str, Any]) -> Any:
+    try:
+        return kind(settings)
+    except KafkaException as exc:  # settings librdkafka refuses
+        raise LogError(f"kafka client settings: {describe(exc)}") from None
+
+
 def describe(exc: KafkaException) -> str:
     """A Kafka exception as one line."""
     error = exc.args[0] if exc.args else None
@@ -58,7 +86,7 @@ def topic_partitions(client: Any, config: LogConfig) -> dict[int, Any]:
 def create_topic(config: LogConfig, replication_factor: int | None = None) -> bool:
     """Create the topic with ``[log] partitions`` partitions; False if it exists already
     (with the right partition count, or this fails)."""
-    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap_servers})
+    admin = _client(AdminClient, client_settings(config))
     try:
         topic_partitions(admin, config)
         return False
@@ -81,13 +109,8 @@ def create_topic(config: LogConfig, replication_factor: int | None = None) -> bo
 def check_topic(config: LogConfig) -> list[PartitionHealth]:
     """Every partition of the topic with its leader, replicas and offsets; fails on a
     missing topic, another partition count or a partition without a leader."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": config.kafka_bootstrap_servers,
-            "group.id": "mercato-check",
-            "enable.auto.commit": False,
-        }
-    )
+    settings = client_settings(config, **{"group.id": "mercato-check", "enable.auto.commit": False})
+    consumer = _client(Consumer, settings)
     try:
         health = []
         for p, meta in sorted(topic_partitions(consumer, config).items()):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from mercato.log.errors import LogError
-from mercato.log.kafka_admin import describe, topic_partitions
+from mercato.log.kafka_admin import client_settings, describe, topic_partitions
 
 if TYPE_CHECKING:
     from mercato.config import LogConfig
@@ -37,34 +37,40 @@ class KafkaGroupAssignment:
         self.topic = config.kafka_topic
         self.description = f"partitions by kafka consumer group {group!r}"
         self._owned: set[int] = set()
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": config.kafka_bootstrap_servers,
-                "client.id": f"mercato-{group}",
-                "group.id": group,
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": session_timeout_ms,
-                "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "reconnect.backoff.max.ms": 1000,
-                "logger": logger,
-                "error_cb": self._on_error,
-            }
+        try:
+            self._consumer = self._join(config, group, session_timeout_ms)
+        except KafkaException as exc:
+            raise LogError(f"kafka: joining group {group!r}: {describe(exc)}") from None
+
+    def _join(self, config: LogConfig, group: str, session_timeout_ms: int) -> Any:
+        consumer = Consumer(
+            client_settings(
+                config,
+                **{
+                    "client.id": f"mercato-{group}",
+                    "group.id": group,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "session.timeout.ms": session_timeout_ms,
+                    "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "logger": logger,
+                    "error_cb": self._on_error,
+                },
+            )
         )
         try:
-            topic_partitions(self._consumer, config)
-            self._consumer.subscribe(
+            topic_partitions(consumer, config)
+            consumer.subscribe(
                 [self.topic],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-        except (LogError, KafkaException) as exc:
-            self._consumer.close()
-            if isinstance(exc, KafkaException):
-                raise LogError(f"kafka: joining group {group!r}: {describe(exc)}") from None
+        except (LogError, KafkaException):
+            consumer.close()
             raise
+        return consumer
 
     def _on_error(self, err: KafkaError) -> None:
         logger.warning("kafka group member: %s", err.str())

@@ -15,8 +15,9 @@ from mercato.config import Config, LogConfig
 from mercato.events.model import decode_event
 from mercato.log import open_log
 from mercato.log.base import LogReader, Record, partition_for
-from mercato.log.errors import LogLayoutError, LogWriteError, OffsetOutOfRangeError
+from mercato.log.errors import LogError, LogLayoutError, LogWriteError, OffsetOutOfRangeError
 from mercato.log.kafka import KafkaLog
+from mercato.log.kafka_admin import check_topic, client_settings
 from mercato.log.kafka_mock import MockKafkaCluster
 from mercato.query.server import LogOpener
 
@@ -271,3 +272,39 @@ def test_records_the_brokers_deleted_are_out_of_range(kafka_cluster: MockKafkaCl
             log.read(0, 0)
         assert [e.offset for e in log.read(0, start, 3)] == [start, start + 1, start + 2]
         assert log.stats()[0].start_offset == start
+
+
+def test_every_client_takes_the_configured_tls_and_sasl_settings() -> None:
+    config = LogConfig(
+        backend="kafka",
+        kafka_bootstrap_servers="broker-1:9093",
+        kafka_security_protocol="sasl_ssl",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="mercato",
+        kafka_sasl_password="s3cret",
+        kafka_ssl_ca_location="/etc/ssl/kafka-ca.pem",
+    )
+    settings = client_settings(config, **{"group.id": "g"})
+    assert settings["security.protocol"] == "sasl_ssl"
+    assert settings["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert (settings["sasl.username"], settings["sasl.password"]) == ("mercato", "s3cret")
+    assert settings["ssl.ca.location"] == "/etc/ssl/kafka-ca.pem"
+    assert settings["group.id"] == "g"
+    plain = client_settings(LogConfig(backend="kafka"))
+    assert plain["security.protocol"] == "plaintext"
+    assert not any(key.startswith(("sasl.", "ssl.")) for key in plain)
+
+
+def test_a_client_speaking_sasl_to_a_plaintext_broker_fails_with_one_clear_error(
+    cluster: MockKafkaCluster,
+) -> None:
+    # librdkafka's mock cluster speaks plaintext only, so SASL itself cannot be tried here;
+    # a misconfigured protocol must still end in a LogError, not a hang or a traceback
+    incomplete = kafka_config(cluster, 2, kafka_security_protocol="sasl_plaintext")
+    with pytest.raises(LogError, match=r"kafka client settings: .*sasl\.username"):
+        KafkaLog(incomplete)
+    with pytest.raises(LogError, match=r"kafka client settings: .*sasl\.username"):
+        check_topic(incomplete)
+    refused = msgspec.structs.replace(incomplete, kafka_sasl_username="u", kafka_sasl_password="p")
+    with pytest.raises(LogError, match="kafka at"):
+        KafkaLog(refused)
