@@ -156,6 +156,22 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "refunds",
         ]
     )
+    # the collectors whose /metrics the console's ingest panel sums, as host:port; empty:
+    # the one at [collector] host:port
+    collectors: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for target in self.collectors:
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"collectors: {target!r} is not host:port")
+
+    def collector_targets(self, collector: CollectorConfig) -> list[tuple[str, int]]:
+        """The (host, port) of every collector to scrape."""
+        if not self.collectors:
+            host = "127.0.0.1" if collector.host in ("", "0.0.0.0") else collector.host
+            return [(host, collector.port)]
+        return [(t.rpartition(":")[0], int(t.rpartition(":")[2])) for t in self.collectors]
 
 
 class JobConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

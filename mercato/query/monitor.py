@@ -19,7 +19,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -165,13 +165,21 @@ def archive_summary(store: Store, archive: Root, now: float, days: int) -> dict[
 
 
 class Sample(msgspec.Struct, frozen=True):
-    """One reading: the log's total end offset and the collector's counters."""
+    """One reading: the log's total end offset and each collector's counters."""
 
     at: float
     log_end: int | None
-    events: dict[str, float]  # mercato_ingest_events_total by result
-    requests: dict[str, float]  # mercato_ingest_requests_total by status
+    events: dict[str, dict[str, float]]  # per collector: mercato_ingest_events_total by result
+    requests: dict[str, dict[str, float]]  # per collector: ..._requests_total by status
     error: str | None = None
+
+    def total(self, counters: str) -> dict[str, float]:
+        """``events`` or ``requests`` summed over the collectors."""
+        out: dict[str, float] = {}
+        for by_key in getattr(self, counters).values():
+            for key, value in by_key.items():
+                out[key] = out.get(key, 0.0) + value
+        return out
 
 
 def scrape(host: str, port: int, timeout: float = 2.0) -> tuple[dict[str, float], dict[str, float]]:
@@ -199,13 +207,19 @@ def scrape(host: str, port: int, timeout: float = 2.0) -> tuple[dict[str, float]
 
 
 def _delta(
-    now: Mapping[str, float], before: Mapping[str, float], keys: Callable[[str], bool]
+    now: Mapping[str, Mapping[str, float]],
+    before: Mapping[str, Mapping[str, float]],
+    keys: Callable[[str], bool],
 ) -> float:
+    """How much the counters named by ``keys`` grew, collector by collector (a collector's
+    restart resets its counters: then all it counted since counts)."""
     total = 0.0
-    for key, value in now.items():
-        if keys(key):
-            previous = before.get(key, 0.0)
-            total += value - previous if value >= previous else value  # a restart resets
+    for target, counters in now.items():
+        earlier = before.get(target, {})
+        for key, value in counters.items():
+            if keys(key):
+                previous = earlier.get(key, 0.0)
+                total += value - previous if value >= previous else value
     return total
 
 
@@ -216,14 +230,14 @@ class IngestMonitor:
     def __init__(
         self,
         log: Callable[[], Log | None],
-        collector: tuple[str, int],
+        collectors: Sequence[tuple[str, int]],
         *,
         interval: float = 5.0,
         keep_seconds: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._log = log
-        self._collector = collector
+        self._collectors = [f"{host}:{port}" for host, port in collectors]
         self.interval = interval
         self._clock = clock
         self._samples: deque[Sample] = deque(maxlen=max(2, int(keep_seconds / interval)))
@@ -241,12 +255,17 @@ class IngestMonitor:
                 log_end = sum(log.end_offset(p) for p in range(log.partitions))
         except MercatoError as exc:
             error = f"log: {exc}"
-        try:
-            events, requests = scrape(*self._collector)
-        except OSError as exc:
-            events, requests = {}, {}
-            host, port = self._collector
-            error = f"collector at {host}:{port}: {exc or type(exc).__name__}"
+        events: dict[str, dict[str, float]] = {}
+        requests: dict[str, dict[str, float]] = {}
+        failed = []
+        for target in self._collectors:
+            host, _, port = target.rpartition(":")
+            try:
+                events[target], requests[target] = scrape(host, int(port))
+            except OSError as exc:  # the others still count
+                failed.append(f"collector at {target}: {exc or type(exc).__name__}")
+        if failed:
+            error = "; ".join(filter(None, [error, *failed]))
         reading = Sample(now, log_end, events, requests, error)
         with self._lock:
             self._samples.append(reading)
@@ -289,7 +308,7 @@ class IngestMonitor:
                 if now.log_end is None or before.log_end is None
                 else max(now.log_end - before.log_end, 0) / seconds
             )
-            scraped = bool(now.events or now.requests)
+            scraped = any(now.events.values()) or any(now.requests.values())
 
             def rate(
                 delta: float, scraped: bool = scraped, seconds: float = seconds
@@ -315,15 +334,15 @@ class IngestMonitor:
                 }
             )
         latest = samples[-1] if samples else None
-        host, port = self._collector
         return {
-            "collector": f"{host}:{port}",
+            "collector": ", ".join(self._collectors),
+            "collectors": list(self._collectors),
             "interval_seconds": self.interval,
             "error": latest.error if latest else None,
             "totals": {
                 "log_events": latest.log_end if latest else None,
-                "events": latest.events if latest else {},
-                "requests": latest.requests if latest else {},
+                "events": latest.total("events") if latest else {},
+                "requests": latest.total("requests") if latest else {},
             },
             "points": points,
         }

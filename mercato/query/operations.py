@@ -118,8 +118,7 @@ class OperatorApi:
         self.launcher = launcher
         self._log = log
         self._clock = clock
-        host = "127.0.0.1" if config.collector.host in ("", "0.0.0.0") else config.collector.host
-        self.ingest_monitor = IngestMonitor(log, (host, config.collector.port))
+        self.ingest_monitor = IngestMonitor(log, config.api.collector_targets(config.collector))
 
     def routes(self) -> list[Route]:
         guard = self.api.guard

@@ -41,6 +41,7 @@ class Setup(NamedTuple):
     api: ApiProcess
     data: Path
     post: Callable[[list[dict[str, object]]], tuple[int, dict[str, str], bytes]]
+    post_elsewhere: Callable[[list[dict[str, object]]], tuple[int, dict[str, str], bytes]]
     shadow: int
 
 
@@ -52,10 +53,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     known = fill(data, datetime.now(UTC), days=4)
     shadow = shadow_version(data, known)
     factory = CollectorFactory(data, root)
-    collector = factory(data, MERCATO_LOG_PARTITIONS="2")
-    api = ApiProcess(data, {"MERCATO_COLLECTOR_PORT": str(collector.port)})
+    collectors = [factory(data, MERCATO_LOG_PARTITIONS="2") for _ in range(2)]
+    targets = ",".join(f"127.0.0.1:{c.port}" for c in collectors)
+    api = ApiProcess(data, {"MERCATO_API_COLLECTORS": targets})
     try:
-        yield Setup(api, data, collector.post_events, shadow)
+        yield Setup(api, data, collectors[0].post_events, collectors[1].post_events, shadow)
     finally:
         api.stop()
         factory.kill_all()
@@ -124,15 +126,18 @@ def test_pipeline_shows_lag_per_partition_per_consumer(setup):
     assert body["freshness"]["sealed_through"] == datetime.fromtimestamp(sealed, UTC).isoformat()
 
 
-def test_ingest_rates_and_errors_come_from_the_collector(setup):
-    setup.api.get("/v1/admin/ingest", ADMIN)  # a sample before
+def test_ingest_rates_and_errors_are_summed_over_the_collectors(setup):
+    before = setup.api.get("/v1/admin/ingest", ADMIN)[1]  # a sample before
+    accepted = before["totals"]["events"].get("accepted", 0)
     assert setup.post([order(100 + i) for i in range(40)])[0] == 200
+    assert setup.post_elsewhere([order(200 + i) for i in range(30)])[0] == 200
     assert setup.post([{"type": "order_completed"}])[0] == 400  # no merchant: rejected
     time.sleep(5.2)  # the next sample is due after the monitor's interval
     status, body = setup.api.get("/v1/admin/ingest", ADMIN)
     assert status == 200
     assert body["error"] is None
-    assert body["totals"]["events"]["accepted"] >= 40
+    assert len(body["collectors"]) == 2
+    assert body["totals"]["events"]["accepted"] - accepted >= 70  # 40 + 30: both scraped
     assert body["totals"]["requests"]["400"] >= 1
     latest = body["points"][-1]
     assert latest["accepted_per_second"] > 0

@@ -61,7 +61,7 @@ async function loadIngest() {
   const status = $("ingest-status");
   status.textContent = data.error
     ? data.error
-    : `Collector ${data.collector}; sampled every ${data.interval_seconds} s for the last hour, since this API started.`;
+    : `Collectors ${data.collector}; sampled every ${data.interval_seconds} s for the last hour, since this API started.`;
   const points = data.points;
   if (points.length < 2) {
     $("ingest").replaceChildren(el("p", { class: "muted" }, "Collecting samples…"));
