@@ -46,6 +46,7 @@ from mercato.archive.layout import (
     Root,
     hour_dir,
     open_storage,
+    owner_of,
     parse_file_name,
     partition_lock,
     read_state,
@@ -100,6 +101,9 @@ class Archiver:
         self.config = config
         owned = partitions if partitions is not None else config.partitions
         self.partitions = sorted(set(owned)) if owned else list(range(log.partitions))
+        # the state file of its own: archivers that split the partitions never write one
+        # object (object stores have no locks)
+        self._owner = owner_of(self.partitions) if owned else None
         for p in self.partitions:
             if not 0 <= p < log.partitions:
                 raise ArchiveError(f"partition {p} is not in 0..{log.partitions - 1}")
@@ -241,7 +245,7 @@ class Archiver:
 
     def _write_state(self, offsets: dict[int, int]) -> None:
         changes = {p: PartitionState(offsets[p], self.watermarks[p]) for p in self.partitions}
-        update_state(self.storage, changes, tag=self._tag)
+        update_state(self.storage, changes, tag=self._tag, owner=self._owner)
         self._state_written = self._clock()
         self._state_dirty = False
 

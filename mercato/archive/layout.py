@@ -4,7 +4,8 @@
 
     <root>/events/date=YYYY-MM-DD/hour=HH/p{partition:04d}-{first:016d}-{last:016d}.parquet
     <root>/_state/archiver.json            committed offsets and watermarks, replaced atomically
-    <root>/_state/archiver.lock            serialises updates of archiver.json
+    <root>/_state/archiver-{owner}.json    the same, of an archiver owning some partitions only
+    <root>/_state/archiver.lock            serialises updates of a state file (local roots)
     <root>/_state/archiver-p{partition:04d}.lock    held by the archiver owning that partition
 
 Date and hour are the event time's, in UTC (Hive-style ``key=value`` directories, so DuckDB,
@@ -12,6 +13,13 @@ Spark and Trino read them as the ``date`` and ``hour`` columns). A file covers t
 one log partition with offsets in ``[first, last]`` (inclusive) whose event time is in that
 hour; the range is the archiver's batch, so every hour the batch touched gets a file of the
 same name, and rewriting a range gives the same names again.
+
+**The state** is every ``archiver*.json`` under ``_state/`` merged: an archiver owning every
+partition writes ``archiver.json``; archivers that split the partitions (``[archive]
+partitions``) each write a file named by their partitions, so on object storage, which has no
+locks, no two processes ever replace the same object. Offsets only grow and a partition has
+one owner at a time, so where files disagree on a partition (a file left by an earlier split)
+the greatest next offset is the truth.
 
 **The committed rule.** The state holds, per partition, the next offset to archive. A reader
 may use a file only if ``last < next offset`` of its partition: files past it are leftovers of
@@ -38,6 +46,7 @@ from mercato.archive.errors import ArchiveLayoutError
 from mercato.archive.storage import ArchiveStorage
 
 EVENTS_DIR = "events"
+STATE_DIR = "_state"
 STATE_PATH = "_state/archiver.json"
 STATE_LOCK = "_state/archiver.lock"
 HOUR = timedelta(hours=1)
@@ -45,6 +54,7 @@ HOUR = timedelta(hours=1)
 _FILE_NAME = re.compile(r"p(\d{4})-(\d{16})-(\d{16})\.parquet")
 _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _HOUR_DIR = re.compile(r"hour=(\d{2})")
+_STATE_FILE = re.compile(r"archiver(-[0-9_-]+)?\.json")
 
 Root = str | os.PathLike[str] | ArchiveStorage
 
@@ -179,31 +189,73 @@ _state_decoder = msgspec.json.Decoder(ArchiveState)
 _state_encoder = msgspec.json.Encoder()
 
 
+def state_path(owner: str | None = None) -> str:
+    """The state file of the archiver ``owner`` (see :func:`owner_of`); None: of all."""
+    return STATE_PATH if owner is None else f"{STATE_DIR}/archiver-{owner}.json"
+
+
+def owner_of(partitions: Iterable[int]) -> str:
+    """A name for an archiver owning ``partitions``: their ranges, as ``0-3_8_10-11``."""
+    ranges: list[list[int]] = []
+    for p in sorted(set(partitions)):
+        if ranges and p == ranges[-1][1] + 1:
+            ranges[-1][1] = p
+        else:
+            ranges.append([p, p])
+    return "_".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def read_state(root: Root) -> ArchiveState:
-    """The committed state; empty if the archiver has not committed anything yet."""
+    """The committed state, merged from every archiver's state file; empty if no archiver
+    has committed anything yet."""
     storage = open_storage(root)
-    data = storage.read_bytes(STATE_PATH)
-    if data is None:
+    names = sorted(
+        e.name for e in storage.list_dir(STATE_DIR) if _STATE_FILE.fullmatch(e.name) is not None
+    )
+    merged: dict[int, PartitionState] = {}
+    for name in names:
+        for p, state in _read_state_file(storage, f"{STATE_DIR}/{name}").partitions.items():
+            known = merged.get(p)
+            if known is None or (state.next_offset, _time_key(state)) > (
+                known.next_offset,
+                _time_key(known),
+            ):
+                merged[p] = state
+    return ArchiveState(dict(sorted(merged.items())))
+
+
+def _time_key(state: PartitionState) -> float:
+    return state.watermark.timestamp() if state.watermark is not None else float("-inf")
+
+
+def _read_state_file(storage: ArchiveStorage, relative: str) -> ArchiveState:
+    data = storage.read_bytes(relative)
+    if data is None:  # deleted since the listing
         return ArchiveState()
     try:
         return _state_decoder.decode(data)
     except msgspec.MsgspecError as exc:
-        message = f"{storage.path(STATE_PATH)} is not an archive state: {exc}"
+        message = f"{storage.path(relative)} is not an archive state: {exc}"
         raise ArchiveLayoutError(message) from None
 
 
 def update_state(
-    root: Root, changes: Mapping[int, PartitionState], *, tag: str = "state"
+    root: Root,
+    changes: Mapping[int, PartitionState],
+    *,
+    tag: str = "state",
+    owner: str | None = None,
 ) -> ArchiveState:
-    """Replace the state of the ``changes`` partitions, keeping the others' (archivers owning
-    other partitions write the same file), and return the new state."""
+    """Replace the state of the ``changes`` partitions in ``owner``'s state file (see
+    :func:`state_path`), keeping the file's other partitions, and return the merged state."""
     storage = open_storage(root)
+    relative = state_path(owner)
     with storage.locked(STATE_LOCK):
-        current = read_state(storage)
+        current = _read_state_file(storage, relative)
         state = ArchiveState(dict(sorted({**current.partitions, **changes}.items())))
         encoded = _state_encoder.encode(state)
-        storage.write_atomic(STATE_PATH, lambda out: out.write(encoded), tag=tag)
-    return state
+        storage.write_atomic(relative, lambda out: out.write(encoded), tag=tag)
+    return read_state(storage)
 
 
 def select_committed(

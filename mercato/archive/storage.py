@@ -17,9 +17,9 @@ On S3 an object appears whole or not at all (a PUT, or a multipart upload's comp
 a write puts the object directly: no temp file, no fsync, no rename. The locks are local
 advisory locks (``fcntl``) and do not exist on S3: there they are skipped, so **exactly one
 archiver may own each partition** of an S3 archive, which the deployment must guarantee (a
-second one is not refused as on local disk). The archivers' shared state file is then read,
-changed and replaced without a lock too, so run one archiver process per S3 archive (it may
-own every partition). An error of the object store (unreachable endpoint, missing bucket,
+second one is not refused as on local disk). Archivers that split the partitions each commit
+their own state object (:func:`mercato.archive.layout.state_path`), so no object is ever
+replaced by two processes. An error of the object store (unreachable endpoint, missing bucket,
 denied access) is an :class:`~mercato.archive.errors.ArchiveUnavailableError`.
 """
 

@@ -16,6 +16,7 @@ from mercato.archive.layout import (
     hour_dir,
     list_files,
     list_hours,
+    owner_of,
     parse_file_name,
     parse_hour,
     read_state,
@@ -157,3 +158,21 @@ def test_roots_are_local_or_s3():
     assert ArchiveStorage("file:///tmp/archive").root == "/tmp/archive"
     s3 = ArchiveStorage("s3://bucket/prefix/", s3_endpoint="http://127.0.0.1:9")  # no I/O yet
     assert (s3.root, str(s3), s3.local) == ("bucket/prefix", "s3://bucket/prefix", False)
+
+
+def test_archivers_splitting_the_partitions_each_write_a_file_of_their_own(tmp_path):
+    assert owner_of([3, 0, 1, 2, 8, 10, 11]) == "0-3_8_10-11"
+    update_state(tmp_path, {0: PartitionState(10, H), 1: PartitionState(4)}, owner="0-1")
+    update_state(tmp_path, {2: PartitionState(7, H)}, owner="2-3")
+    update_state(tmp_path, {0: PartitionState(12, H)}, owner="0-1")
+    assert sorted(p.name for p in (tmp_path / "_state").glob("*.json")) == [
+        "archiver-0-1.json",
+        "archiver-2-3.json",
+    ]
+    assert read_state(tmp_path).next_offsets() == {0: 12, 1: 4, 2: 7}
+    # a file left by an earlier split: the greatest next offset of a partition is the truth
+    update_state(tmp_path, {0: PartitionState(9), 2: PartitionState(30, H)}, owner="0-3")
+    update_state(tmp_path, {1: PartitionState(2)})  # archiver.json, of an archiver of all
+    state = read_state(tmp_path)
+    assert state.next_offsets() == {0: 12, 1: 4, 2: 30}
+    assert state.partitions[2].watermark == H

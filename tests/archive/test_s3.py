@@ -4,6 +4,8 @@ and give what they give on a local root."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -28,7 +30,15 @@ from tests.conftest import S3Root
 from tests.serving import ADMIN, ApiProcess
 
 from .conftest import Clock, archived, assert_exactly_once, config, drain, records
-from .test_process import environment, fill, kill_9_and_restart, mercato
+from .test_process import (
+    archived_so_far,
+    environment,
+    fill,
+    kill_9_and_restart,
+    mercato,
+    start_archiver,
+    wait_for,
+)
 
 STORED = [m.name for m in DEFINITIONS.stored]
 DIMENSIONS = ("", "channel", "country", "payment_method", "api_path")
@@ -245,3 +255,39 @@ def test_the_consoles_archive_endpoint_reads_an_s3_root(s3_root: S3Root, tmp_pat
     assert on_s3["exists"] is True
     assert on_s3["files"] == len(committed_files(s3_root.storage())) > 0
     assert s3_mark == local_mark is not None
+
+
+def test_two_archivers_splitting_the_partitions_of_an_s3_archive_read_every_event_once(
+    s3_root: S3Root, tmp_path: Path
+):
+    events = 40_000
+    config = fill(tmp_path, events, **s3_root.env())
+    root = config.archive_path
+    halves = {"0,1": tmp_path / "low.out", "2,3": tmp_path / "high.out"}
+
+    def start(partitions: str) -> subprocess.Popen[bytes]:
+        env = {**s3_root.env(), "MERCATO_ARCHIVE_PARTITIONS": partitions}
+        return start_archiver(tmp_path, halves[partitions], **env)
+
+    running = {half: start(half) for half in halves}
+    try:
+        # both are killed -9 mid-way (no lock on S3 between them), then started again
+        for half, process in running.items():
+            target = archived_so_far(root) + 6_000
+            wait_for(lambda t=target: archived_so_far(root) >= t, process, halves[half])
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            running[half] = start(half)
+        for half, process in running.items():
+            wait_for(lambda: archived_so_far(root) == events, process, halves[half])
+    finally:
+        for process in running.values():
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    names = [e.name for e in s3_root.storage().list_dir("_state")]
+    assert sorted(n for n in names if n.endswith(".json")) == [
+        "archiver-0-1.json",
+        "archiver-2-3.json",
+    ]
+    with open_log(config) as log:
+        assert_exactly_once(root, log)
