@@ -131,7 +131,10 @@ def run_collector(ctx: click.Context) -> None:
 @run.command("aggregator")
 @click.option(
     "--partitions",
-    help="Comma-separated partitions this process owns (default: [aggregator] partitions, or all).",
+    help=(
+        "Comma-separated partitions this process owns (default: [aggregator] partitions;"
+        " empty: a share through [aggregator] kafka_group with the kafka log, else all)."
+    ),
 )
 @click.pass_context
 @friendly
