@@ -15,14 +15,24 @@ from mercato.config import Config
 from mercato.log import open_log
 from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
+from mercato.log.errors import (
+    LogCorruptionError,
+    LogError,
+    LogLayoutError,
+    OffsetOutOfRangeError,
+)
 from mercato.metrics.definitions import load_definitions
 from mercato.store import describe_store, open_store
 from mercato.store.base import Store
+from mercato.store.errors import StoreUnavailableError, StoreWriteError
 
 logger = logging.getLogger("mercato.aggregator")
 
 REPORT_SECONDS = 10.0
 SERVING_CHECK_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+# log errors no retry mends: the operator must act (the log's data or layout is wrong)
+PERMANENT = (LogCorruptionError, LogLayoutError, OffsetOutOfRangeError)
 
 
 def serve(config: Config, *, announce: bool = True) -> None:
@@ -100,36 +110,63 @@ def _run(
     aggregator: Aggregator, assignment: Assignment, stop: threading.Event, idle_sleep: float
 ) -> int:
     """Poll until stopped or the serving version changes; return the serving version.
-    Between batches, take on and give up partitions as ``assignment`` says."""
+    Between batches, take on and give up partitions as ``assignment`` says. While the brokers
+    or the database are away, try again with a growing pause: a failed batch counted nothing,
+    and its ids were not learnt by the dedup window."""
     reported = checked = time.monotonic()
-    version = aggregator.version
+    failures = 0
     while not stop.is_set():
-        owned = assignment.owned()
-        if owned != aggregator.partitions:
-            aggregator.revoke(set(aggregator.partitions) - set(owned))
-            aggregator.assign(owned)
-            logger.info("partitions now %s", aggregator.partitions)
-        if aggregator.poll():
-            assignment.stored(aggregator.positions)
-        elif not any(aggregator.lag().values()):
-            stop.wait(idle_sleep)
-        now = time.monotonic()
-        if now - checked >= SERVING_CHECK_SECONDS:
-            checked = now
-            serving_now = aggregator.store.serving_version()
-            if serving_now is not None and serving_now != version:
-                logger.info("version %d serves now: switching from %d", serving_now, version)
-                return serving_now
-        if now - reported >= REPORT_SECONDS:
-            reported = now
-            stats = aggregator.stats
-            logger.info(
-                "events %d, duplicates %d, invalid %d, lag %s, dedup window %d ids (%d MB)",
-                stats.events,
-                stats.duplicates,
-                stats.invalid,
-                aggregator.lag(),
-                stats.dedup_ids,
-                stats.dedup_bytes // 1_000_000,
-            )
-    return version
+        try:
+            _step(aggregator, assignment, stop, idle_sleep)
+            now = time.monotonic()
+            if now - checked >= SERVING_CHECK_SECONDS:
+                checked = now
+                serving_now = aggregator.store.serving_version()
+                if serving_now is not None and serving_now != aggregator.version:
+                    logger.info(
+                        "version %d serves now: switching from %d", serving_now, aggregator.version
+                    )
+                    return serving_now
+            if now - reported >= REPORT_SECONDS:
+                reported = now
+                _report(aggregator)
+        except (LogError, StoreWriteError, StoreUnavailableError) as exc:
+            if isinstance(exc, PERMANENT):
+                raise
+            failures += 1
+            wait = min(RETRY_MAX_SECONDS, 0.5 * 2 ** min(failures - 1, 6))
+            logger.warning("%s; trying again in %.1f s (failure %d)", exc, wait, failures)
+            stop.wait(wait)
+            continue
+        if failures:
+            logger.info("going again after %d failures", failures)
+            failures = 0
+    return aggregator.version
+
+
+def _step(
+    aggregator: Aggregator, assignment: Assignment, stop: threading.Event, idle_sleep: float
+) -> None:
+    owned = assignment.owned()
+    if owned != aggregator.partitions:
+        aggregator.revoke(set(aggregator.partitions) - set(owned))
+        aggregator.assign(owned)
+        logger.info("partitions now %s", aggregator.partitions)
+    if aggregator.poll():
+        assignment.stored(aggregator.positions)
+    elif not any(aggregator.lag().values()):
+        stop.wait(idle_sleep)
+
+
+def _report(aggregator: Aggregator) -> None:
+    stats = aggregator.stats
+    logger.info(
+        "events %d, duplicates %d, invalid %d, fenced %d, lag %s, dedup window %d ids (%d MB)",
+        stats.events,
+        stats.duplicates,
+        stats.invalid,
+        stats.fenced,
+        aggregator.lag(),
+        stats.dedup_ids,
+        stats.dedup_bytes // 1_000_000,
+    )

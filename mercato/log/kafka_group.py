@@ -95,7 +95,12 @@ class KafkaGroupAssignment:
         self._on_revoke(consumer, partitions)
 
     def owned(self) -> list[int]:
-        message = self._consumer.poll(0)  # serves rebalance callbacks; fetches nothing
+        try:
+            message = self._consumer.poll(0)  # serves rebalance callbacks; fetches nothing
+        except KafkaException as exc:  # the group is unreachable: keep what is owned; the
+            # session expires if this lasts, and the store's fence covers the overlap
+            logger.warning("kafka group member: %s", describe(exc))
+            return sorted(self._owned)
         error = message.error() if message is not None else None
         if error is not None:
             logger.warning("kafka group member: %s", error.str())

@@ -7,6 +7,7 @@
         ├── StoreClosedError        the store was used after ``close()``
         ├── StoreSchemaError        the database is not a Mercato store, or newer than this code
         ├── StoreWriteError         a write did not land; none of it did (rows nor offsets)
+        ├── StoreUnavailableError   the store cannot be reached now (connection refused or lost)
         ├── OffsetConflictError     a write's expected offsets are not the stored ones (fenced)
         ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
         ├── UnknownVersionError     no definitions version has that id
@@ -45,6 +46,11 @@ class OffsetConflictError(StoreError):
         super().__init__(f"offsets of {consumer!r} moved under the writer ({shown})")
         self.consumer = consumer
         self.conflicts = conflicts
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached (a connection refused or lost, no free connection in
+    time); the same call may succeed later."""
 
 
 class InvalidPartialsError(StoreError):

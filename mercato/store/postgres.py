@@ -72,6 +72,7 @@ from mercato.store.errors import (
     InvalidPartialsError,
     StoreClosedError,
     StoreError,
+    StoreUnavailableError,
     StoreWriteError,
     UnknownVersionError,
 )
@@ -451,6 +452,8 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
         try:
             with self._pool.connection() as db:
                 yield db
+        except psycopg.OperationalError as exc:  # the server away, the pool exhausted
+            raise StoreUnavailableError(f"PostgreSQL store: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store: {_first_line(exc)}") from exc
 

@@ -10,13 +10,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from mercato.config import StoreConfig
+from mercato.config import LogConfig, StoreConfig
+from mercato.log.errors import LogWriteError
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_group import KafkaGroupAssignment
 from mercato.log.kafka_mock import MockKafkaCluster
@@ -95,6 +96,45 @@ DIES_MID_BATCH = textwrap.dedent(
 )
 
 
+def write_config(where: Path, log_config: LogConfig, group: str) -> Path:
+    """A configuration file for aggregators of ``group`` on the topic of ``log_config``."""
+    config = where / "mercato.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            data_dir = "{where / "data"}"
+            [log]
+            backend = "kafka"
+            partitions = 4
+            kafka_bootstrap_servers = "{log_config.kafka_bootstrap_servers}"
+            kafka_topic = "{log_config.kafka_topic}"
+            [aggregator]
+            kafka_group = "{group}"
+            kafka_session_timeout_ms = {SESSION_MS}
+            max_batch_records = 25
+            idle_sleep_ms = 50
+            """
+        )
+    )
+    return config
+
+
+def counted(data: Path, merchants: Iterable[str]) -> dict[str, list[int]]:
+    """Per merchant, [orders, revenue] in the store's serving version."""
+    with SqliteStore(data / "store.sqlite3", StoreConfig()) as store:
+        version = store.serving_version()
+        assert version is not None
+        got: dict[str, list[int]] = {}
+        for merchant in merchants:
+            rows = store.read_rows(version, merchant, ["gross_revenue"], *DAY)
+            total = got.setdefault(merchant, [0, 0])
+            for _, _, dimension, _, _, count, amount, *_ in rows:
+                if dimension == "":
+                    total[0] += count
+                    total[1] += amount
+        return got
+
+
 class Member:
     """One aggregator process; its output (the group's assignments) in a file."""
 
@@ -123,24 +163,7 @@ def test_two_aggregators_in_a_group_one_killed_mid_batch_count_every_event_once(
 ) -> None:
     log_config = kafka_config(kafka_cluster, 4)
     group = f"aggregators-{log_config.kafka_topic}"
-    config = tmp_path / "mercato.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            data_dir = "{tmp_path / "data"}"
-            [log]
-            backend = "kafka"
-            partitions = 4
-            kafka_bootstrap_servers = "{log_config.kafka_bootstrap_servers}"
-            kafka_topic = "{log_config.kafka_topic}"
-            [aggregator]
-            kafka_group = "{group}"
-            kafka_session_timeout_ms = {SESSION_MS}
-            max_batch_records = 25
-            idle_sleep_ms = 50
-            """
-        )
-    )
+    config = write_config(tmp_path, log_config, group)
     mercato = [sys.executable, "-m", "mercato", "--config", str(config), "run", "aggregator"]
     expected: dict[str, list[int]] = {}
     stop_producing = threading.Event()
@@ -226,18 +249,57 @@ def test_two_aggregators_in_a_group_one_killed_mid_batch_count_every_event_once(
     for name in ("steady", "restarted"):
         assert members[name].process.returncode == 0, members[name].text()
 
-    with SqliteStore(tmp_path / "data" / "store.sqlite3", StoreConfig()) as store:
-        version = store.serving_version()
-        assert version is not None
-        got: dict[str, list[int]] = {}
-        for merchant in expected:
-            rows = store.read_rows(version, merchant, ["gross_revenue"], *DAY)
-            total = got.setdefault(merchant, [0, 0])
-            for _, _, dimension, _, _, count, amount, *_ in rows:
-                if dimension == "":
-                    total[0] += count
-                    total[1] += amount
-    assert got == expected
+    assert counted(tmp_path / "data", expected) == expected
+
+
+def test_an_aggregator_rides_out_all_brokers_down_and_counts_every_event_once(
+    tmp_path: Path,
+) -> None:
+    expected: dict[str, list[int]] = {}
+
+    def produce(log: KafkaLog, first: int) -> None:
+        records = []
+        for i in range(first, first + 2000):
+            merchant = f"m_{i % 20}"
+            records.append(order(f"e{i}", merchant, amount=i))
+            got = expected.setdefault(merchant, [0, 0])
+            got[0] += 1
+            got[1] += i
+        for _ in range(20):  # the producer may need a moment to reconnect: a client retries
+            try:
+                log.append(records)
+                return
+            except LogWriteError:
+                time.sleep(0.5)
+        pytest.fail("the log accepted nothing after the brokers came back")
+
+    with MockKafkaCluster(brokers=3) as cluster:
+        log_config = kafka_config(cluster, 4)
+        config = write_config(tmp_path, log_config, "outage")
+        command = [sys.executable, "-m", "mercato", "--config", str(config), "run", "aggregator"]
+        consumer = f"aggregator/{load_definitions().version}"
+        with KafkaLog(log_config) as log:
+            produce(log, 0)
+            member = Member("outage", command, tmp_path)
+            try:
+
+                def drained() -> bool:
+                    ends = {p: log.end_offset(p) for p in range(4)}
+                    with SqliteStore(tmp_path / "data" / "store.sqlite3", StoreConfig()) as s:
+                        return s.offsets(consumer) == ends
+
+                wait_for(drained, 90, "the aggregator to count the first events")
+                cluster.all_brokers_down()
+                time.sleep(4)
+                cluster.all_brokers_up()
+                produce(log, 2000)
+                wait_for(drained, 90, "the aggregator to count the events after the outage")
+                assert member.process.poll() is None, member.text()  # it never gave up
+                assert "trying again" in member.text()  # it did notice the brokers away
+            finally:
+                member.stop()
+        assert member.process.returncode == 0, member.text()
+    assert counted(tmp_path / "data", expected) == expected
 
 
 pytestmark = pytest.mark.slow
