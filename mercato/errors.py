@@ -26,3 +26,9 @@ traceback.
 
 class MercatoError(Exception):
     """Base class of every error Mercato raises on purpose."""
+
+
+def retry_pause(failures: int, ceiling: float = 30.0) -> float:
+    """Seconds a service waits after its ``failures``-th failure in a row of something that
+    may come back (brokers, a database, an object store): 0.5, 1, 2, ... up to ``ceiling``."""
+    return float(min(ceiling, 0.5 * 2.0 ** min(max(failures, 1) - 1, 16)))

@@ -12,15 +12,11 @@ from mercato.aggregator.aggregator import Aggregator
 from mercato.batch.seal import SEALED_THROUGH
 from mercato.batch.versions import REPLAY_MARGIN, definitions_of, replay_start, serving
 from mercato.config import Config
+from mercato.errors import retry_pause
 from mercato.log import open_log
 from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
-from mercato.log.errors import (
-    LogCorruptionError,
-    LogError,
-    LogLayoutError,
-    OffsetOutOfRangeError,
-)
+from mercato.log.errors import PERMANENT, LogError
 from mercato.metrics.definitions import load_definitions
 from mercato.store import describe_store, open_store
 from mercato.store.base import Store
@@ -30,9 +26,6 @@ logger = logging.getLogger("mercato.aggregator")
 
 REPORT_SECONDS = 10.0
 SERVING_CHECK_SECONDS = 1.0
-RETRY_MAX_SECONDS = 30.0
-# log errors no retry mends: the operator must act (the log's data or layout is wrong)
-PERMANENT = (LogCorruptionError, LogLayoutError, OffsetOutOfRangeError)
 
 
 def serve(config: Config, *, announce: bool = True) -> None:
@@ -134,7 +127,7 @@ def _run(
             if isinstance(exc, PERMANENT):
                 raise
             failures += 1
-            wait = min(RETRY_MAX_SECONDS, 0.5 * 2 ** min(failures - 1, 6))
+            wait = retry_pause(failures)
             logger.warning("%s; trying again in %.1f s (failure %d)", exc, wait, failures)
             stop.wait(wait)
             continue

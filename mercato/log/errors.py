@@ -40,3 +40,8 @@ class OffsetOutOfRangeError(LogError):
         self.partition = partition
         self.offset = offset
         self.start = start
+
+
+# Log errors no retry mends (the log's data or layout is wrong, or records were deleted):
+# a consumer stops on them, and rides out any other LogError (brokers away) by trying again.
+PERMANENT = (LogCorruptionError, LogLayoutError, OffsetOutOfRangeError)

@@ -60,7 +60,7 @@ def run_until(aggregator: Aggregator, done: Any, seconds: float = 30) -> None:
 
 
 def test_the_loop_rides_out_a_store_that_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service, "RETRY_MAX_SECONDS", 0.05)
+    monkeypatch.setattr(service, "retry_pause", lambda failures: 0.01)
     log, store = MemoryLog(2), AwayStore(failures=5)
     log.append([order(f"e{i}", f"m_{i % 3}", amount=i) for i in range(60)])
     aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=10)

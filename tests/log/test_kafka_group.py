@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from mercato.archive.layout import read_state
 from mercato.config import LogConfig, StoreConfig
 from mercato.log.errors import LogWriteError
 from mercato.log.kafka import KafkaLog
@@ -25,6 +26,7 @@ from mercato.metrics.definitions import load_definitions
 from mercato.store.sqlite import SqliteStore
 
 from ..aggregator.test_aggregator import DAY, order
+from ..archive.conftest import assert_exactly_once
 from .conftest import kafka_config
 
 SESSION_MS = 6000  # Kafka's least session timeout: how long a dead member keeps its partitions
@@ -252,9 +254,7 @@ def test_two_aggregators_in_a_group_one_killed_mid_batch_count_every_event_once(
     assert counted(tmp_path / "data", expected) == expected
 
 
-def test_an_aggregator_rides_out_all_brokers_down_and_counts_every_event_once(
-    tmp_path: Path,
-) -> None:
+def test_the_aggregator_and_the_archiver_ride_out_all_brokers_down(tmp_path: Path) -> None:
     expected: dict[str, list[int]] = {}
 
     def produce(log: KafkaLog, first: int) -> None:
@@ -276,30 +276,37 @@ def test_an_aggregator_rides_out_all_brokers_down_and_counts_every_event_once(
     with MockKafkaCluster(brokers=3) as cluster:
         log_config = kafka_config(cluster, 4)
         config = write_config(tmp_path, log_config, "outage")
-        command = [sys.executable, "-m", "mercato", "--config", str(config), "run", "aggregator"]
+        run = [sys.executable, "-m", "mercato", "--config", str(config), "run"]
         consumer = f"aggregator/{load_definitions().version}"
+        archive = tmp_path / "data" / "archive"
         with KafkaLog(log_config) as log:
             produce(log, 0)
-            member = Member("outage", command, tmp_path)
+            members = [
+                Member("aggregator", [*run, "aggregator"], tmp_path),
+                Member("archiver", [*run, "archiver"], tmp_path),
+            ]
             try:
 
                 def drained() -> bool:
                     ends = {p: log.end_offset(p) for p in range(4)}
                     with SqliteStore(tmp_path / "data" / "store.sqlite3", StoreConfig()) as s:
-                        return s.offsets(consumer) == ends
+                        counted = s.offsets(consumer) == ends
+                    return counted and read_state(archive).next_offsets() == ends
 
-                wait_for(drained, 90, "the aggregator to count the first events")
+                wait_for(drained, 90, "the first events to be counted and archived")
                 cluster.all_brokers_down()
                 time.sleep(4)
                 cluster.all_brokers_up()
                 produce(log, 2000)
-                wait_for(drained, 90, "the aggregator to count the events after the outage")
-                assert member.process.poll() is None, member.text()  # it never gave up
-                assert "trying again" in member.text()  # it did notice the brokers away
+                wait_for(drained, 90, "the events after the outage")
+                for member in members:  # neither gave up, and both noticed the brokers away
+                    assert member.process.poll() is None, member.text()
+                assert "trying again" in members[0].text()
+                assert "starting over" in members[1].text()
             finally:
-                member.stop()
-        assert member.process.returncode == 0, member.text()
+                for member in members:
+                    member.stop()
+            for member in members:
+                assert member.process.returncode == 0, member.text()
+            assert_exactly_once(archive, log)
     assert counted(tmp_path / "data", expected) == expected
-
-
-pytestmark = pytest.mark.slow
