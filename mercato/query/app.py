@@ -30,7 +30,7 @@ from mercato.query.periods import GRANULARITIES, local_midnight, periods
 from mercato.query.series import MerchantView, Series, timeseries
 from mercato.query.tokens import TokenError, TokenSigner
 from mercato.store.base import Store, check_timezone
-from mercato.store.errors import StoreError
+from mercato.store.errors import StoreError, StoreUnavailableError
 
 CACHE_SECONDS = 1.0
 MAX_OVERVIEW_METRICS = 50
@@ -118,11 +118,15 @@ class QueryApi:
     def guard(
         self, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` with :class:`ApiError` answered as a JSON error."""
+        """``handler`` with :class:`ApiError` answered as a JSON error, and a store that
+        cannot be reached as 503 with Retry-After."""
 
         async def endpoint(request: Request) -> Response:
             try:
-                return await handler(request)
+                try:
+                    return await handler(request)
+                except StoreUnavailableError as exc:  # the database is away: come back later
+                    raise ApiError(503, "store_unavailable", str(exc), retry_after=1) from None
             except ApiError as exc:
                 headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
                 if exc.status == 401:
