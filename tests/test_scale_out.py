@@ -36,6 +36,7 @@ from mercato.metrics.definitions import load_definitions
 from mercato.query.tokens import TokenSigner
 from mercato.store import open_store
 from tests.conftest import CollectorFactory, S3Root
+from tests.log.test_kafka_group import wait_for
 from tests.store.conftest import fresh_database, postgres_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -83,13 +84,6 @@ class Role:
 
     def text(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def get(port: int, path: str, token: str) -> tuple[int, Any]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from mercato.log.errors import LogError
-
 if TYPE_CHECKING:
     from mercato.config import LogConfig
     from mercato.log.base import Log
@@ -45,9 +43,7 @@ class StaticAssignment:
     """The configured partitions, or all of them; never changes."""
 
     def __init__(self, partitions: Sequence[int], total: int) -> None:
-        for p in partitions:
-            if not 0 <= p < total:
-                raise LogError(f"partition {p} is not in 0..{total - 1}")
+        # the consumer checks the range (Aggregator.assign), as it does for any assignment
         self._partitions = sorted(set(partitions)) if partitions else list(range(total))
         self.description = f"partitions {self._partitions} of {total}"
 

@@ -22,6 +22,14 @@ __all__ = [
 ]
 
 
+def missing_postgres_extra(exc: ImportError) -> StoreError:
+    """The error for ``[store] backend = "postgres"`` without psycopg installed."""
+    return StoreError(
+        f"[store] backend postgres needs the postgres extra ({exc.name} is missing):"
+        " pip install 'mercato[postgres]'"
+    )
+
+
 def open_store(config: Config) -> Store:
     """The store the configuration names (``[store] backend``), opened; SQLite migrates
     itself, PostgreSQL must have been migrated by ``mercato db migrate``."""
@@ -29,10 +37,7 @@ def open_store(config: Config) -> Store:
         try:
             from mercato.store.postgres import PostgresStore  # noqa: PLC0415 (the extra [postgres])
         except ImportError as exc:
-            raise StoreError(
-                f"[store] backend postgres needs the postgres extra ({exc.name} is missing):"
-                " pip install 'mercato[postgres]'"
-            ) from None
+            raise missing_postgres_extra(exc) from None
 
         return PostgresStore(config.store.dsn, config.store)
     return SqliteStore(config.store_path, config.store)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from mercato.clitools import console, context_config, friendly
-from mercato.store.errors import StoreError
+from mercato.store import missing_postgres_extra
 from mercato.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 
@@ -35,10 +35,7 @@ def migrate(ctx: click.Context) -> None:
     try:
         from mercato.store.postgres_schema import migrate as migrate_postgres  # noqa: PLC0415
     except ImportError as exc:
-        raise StoreError(
-            f"[store] backend postgres needs the postgres extra ({exc.name} is missing):"
-            " pip install 'mercato[postgres]'"
-        ) from None
+        raise missing_postgres_extra(exc) from None
     before, after = migrate_postgres(config.store.dsn)
     done = "up to date" if before == after else f"migrated from {before}"
     console.print(f"PostgreSQL store: schema version {after} ({done})", highlight=False)
