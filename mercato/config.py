@@ -144,6 +144,8 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rate_limit_burst: Positive = 40
     default_range_days: Positive = 7
     max_points: Positive = 5_000
+    threads: Positive = 4  # worker threads for store reads and folding, off the event loop
+    max_queued: NonNegative = 64  # requests waiting for a worker beyond these: 503
     top: Positive = 5
     overview: list[str] = msgspec.field(
         default_factory=lambda: [

@@ -4,16 +4,25 @@ Merchant endpoints take a merchant token (``Authorization: Bearer mt_…``) and 
 merchant's data: the merchant comes from the token, never from a parameter, and every read
 goes through a :class:`~mercato.query.series.MerchantView` bound to it. A metric that does
 not exist answers 404 the same way for everyone. Admin endpoints take the admin token.
+
+Every request's cost is bounded before its work starts: ranges lie in ``[EARLIEST, LATEST)``
+(:mod:`mercato.query.periods`), a series has at most ``max_points`` periods (so each
+granularity has a longest range), an overview at most ``max_points`` days. The work itself
+(store reads, folding) runs on a few worker threads (:class:`Offload`), never on the event
+loop, so one slow request cannot hold the others; when too many wait, the API answers 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -26,7 +35,15 @@ from mercato.batch.versions import definitions_of
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import Definitions, Metric
 from mercato.query.openapi import DOCS_HTML, openapi
-from mercato.query.periods import GRANULARITIES, local_midnight, periods
+from mercato.query.periods import (
+    EARLIEST,
+    GRANULARITIES,
+    LATEST,
+    TooManyPeriods,
+    local_midnight,
+    max_range,
+    periods,
+)
 from mercato.query.series import MerchantView, Series, timeseries
 from mercato.query.tokens import TokenError, TokenSigner
 from mercato.store.base import Store, check_timezone
@@ -34,6 +51,8 @@ from mercato.store.errors import StoreError, StoreUnavailableError
 
 CACHE_SECONDS = 1.0
 MAX_OVERVIEW_METRICS = 50
+Handler = Callable[[Request], Response | Awaitable[Response]]
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -68,12 +87,34 @@ class RateLimiter:
                 self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
 
 
+class Offload:
+    """Runs request work on ``threads`` worker threads, off the event loop; when ``threads +
+    queue`` requests are in flight already, a new one is refused with 503 at once."""
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mercato-api")
+        self._limit = threads + queue
+        self._in_flight = 0  # changed on the event loop's thread only
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        if self._in_flight >= self._limit:
+            raise ApiError(503, "busy", "too many requests in progress; retry", retry_after=1)
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+        finally:
+            self._in_flight -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class QueryApi:
     """Everything a request needs: store, definitions, token signer, limits.
 
-    Store reads run on the event loop's thread: they are short indexed scans of one
-    merchant's rows on a warm connection, and handing each to a thread pool cost more than
-    the read itself (measured: 600 vs 1,200 requests/s). ``max_points`` bounds long ranges.
+    Merchant endpoints are plain functions that :meth:`guard` runs on the :class:`Offload`
+    threads: store reads are short indexed scans, but folding a long range or many members
+    is CPU work, and on the event loop it would hold every other merchant's request.
     """
 
     def __init__(
@@ -94,6 +135,7 @@ class QueryApi:
         self._admin_token = admin_token
         self._clock = clock
         self.limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+        self.offload = Offload(config.threads, config.max_queued)
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self.app = Starlette(
             routes=[
@@ -115,16 +157,21 @@ class QueryApi:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def guard(
-        self, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def guard(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """``handler`` with :class:`ApiError` answered as a JSON error, and a store that
-        cannot be reached as 503 with Retry-After."""
+        cannot be reached as 503 with Retry-After. A plain function runs on the
+        :class:`Offload` threads; a coroutine function on the event loop (it must offload
+        its own blocking work)."""
+        coroutine = cast(Callable[[Request], Awaitable[Response]], handler)
+        function = cast(Callable[[Request], Response], handler)
+        run_async = inspect.iscoroutinefunction(handler)
 
         async def endpoint(request: Request) -> Response:
             try:
                 try:
-                    return await handler(request)
+                    if run_async:
+                        return await coroutine(request)
+                    return await self.offload.run(function, request)
                 except StoreUnavailableError as exc:  # the database is away: come back later
                     raise ApiError(503, "store_unavailable", str(exc), retry_after=1) from None
             except ApiError as exc:
@@ -140,6 +187,8 @@ class QueryApi:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthorized", "send a token: Authorization: Bearer <token>")
+        if not token.isascii():  # every token is ASCII; compare_digest refuses other text
+            raise ApiError(401, "unauthorized", "malformed token")
         return token.strip()
 
     def _merchant(self, request: Request) -> MerchantView:
@@ -198,7 +247,7 @@ class QueryApi:
 
     # -- merchant endpoints -------------------------------------------------------------------
 
-    async def catalogue(self, request: Request) -> Response:
+    def catalogue(self, request: Request) -> Response:
         view = self._merchant(request)
         definitions = view.definitions
         metrics = [
@@ -215,7 +264,7 @@ class QueryApi:
         zone = self._zone(view, None).key
         return _json({"version": definitions.version, "tz": zone, "metrics": metrics})
 
-    async def metric(self, request: Request) -> Response:
+    def metric(self, request: Request) -> Response:
         view = self._merchant(request)
         metric = self._metric(view, request.path_params["name"])
         query = request.query_params
@@ -238,6 +287,13 @@ class QueryApi:
         body = self._series_body(view, metric, start, end, granularity, zone, group_by, top)
         if compare is not None:
             before_start, before_end = _shifted(start, end, compare, zone)
+            if before_start < EARLIEST:
+                raise ApiError(
+                    400,
+                    "out_of_range",
+                    f"compare: the {compare.replace('_', ' ')} would start before "
+                    f"{EARLIEST.date()}, the earliest time the API answers for",
+                )
             before = self._series_body(
                 view, metric, before_start, before_end, granularity, zone, group_by, top
             )
@@ -258,14 +314,17 @@ class QueryApi:
         group_by: str | None,
         top: int,
     ) -> dict[str, Any]:
-        bounds = periods(start, end, granularity, zone)
-        if len(bounds) - 1 > self.config.max_points:
+        limit = self.config.max_points
+        try:
+            bounds = periods(start, end, granularity, zone, limit)
+        except TooManyPeriods as exc:
             raise ApiError(
                 400,
                 "too_many_points",
-                f"{len(bounds) - 1} periods; at most {self.config.max_points}: "
-                "use a coarser granularity or a shorter range",
-            )
+                f"{exc}: a {granularity} series spans at most about "
+                f"{_describe(max_range(granularity, limit))}; use a coarser granularity or a "
+                "shorter range",
+            ) from None
         # day rows are days of the merchant's own zone: usable for whole local days there
         own_zone = self._zone(view, None).key == zone.key
         by_day = granularity in ("day", "week", "month") and own_zone
@@ -283,12 +342,18 @@ class QueryApi:
             "series": [_series_json(s, view, bounds) for s in series],
         }
 
-    async def overview(self, request: Request) -> Response:
+    def overview(self, request: Request) -> Response:
         view = self._merchant(request)
         zone = self._zone(view, request.query_params.get("tz"))
         start, end = self._range(
             request.query_params.get("from"), request.query_params.get("to"), zone
         )
+        if (end - start).days > self.config.max_points:
+            raise ApiError(
+                400,
+                "too_many_points",
+                f"an overview spans at most {self.config.max_points} days; use a shorter range",
+            )
         names = self.config.overview
         if chosen := request.query_params.get("metrics"):
             names = [name for name in chosen.split(",") if name][:MAX_OVERVIEW_METRICS]
@@ -307,13 +372,22 @@ class QueryApi:
     ) -> dict[str, Any]:
         before_start, before_end = _shifted(start, end, "previous_period", zone)
         now, then = _epochs(start, end), _epochs(before_start, before_end)
+        has_previous = before_start >= EARLIEST  # nothing is stored before it
+        # whole local days of the merchant's own zone read its day rows
+        by_day = self._zone(view, None).key == zone.key and all(
+            _is_midnight(at, zone) for at in (start, end)
+        )
         kpis = []
         for name in names:
             metric = view.definitions.metrics.get(name)
             if metric is None or metric.kind == "percentile":
                 continue
-            value = timeseries(view, view.definitions, metric, now)[0].values[0]
-            previous = timeseries(view, view.definitions, metric, then)[0].values[0]
+            value = timeseries(view, view.definitions, metric, now, by_day=by_day)[0].values[0]
+            previous = (
+                timeseries(view, view.definitions, metric, then, by_day=by_day)[0].values[0]
+                if has_previous
+                else None
+            )
             change = (
                 round((value - previous) / previous, 4)
                 if isinstance(value, int | float) and isinstance(previous, int | float) and previous
@@ -333,7 +407,7 @@ class QueryApi:
 
     # -- operations ---------------------------------------------------------------------------
 
-    async def prometheus(self, request: Request) -> Response:
+    def prometheus(self, request: Request) -> Response:
         """Gauges of the batch layer for Prometheus (no merchant data: safe to scrape)."""
         lines = []
         version = self.store.serving_version()
@@ -381,7 +455,7 @@ class QueryApi:
         except (msgspec.DecodeError, StoreError) as exc:
             raise ApiError(400, "invalid_body", f"timezone: {exc}") from None
         merchant = request.path_params["merchant_id"]
-        self.store.set_merchant_timezone(merchant, zone)
+        await self.offload.run(self.store.set_merchant_timezone, merchant, zone)
         self._cache.pop(("zone", merchant), None)
         return _json({"merchant_id": merchant, "timezone": zone})
 
@@ -414,21 +488,56 @@ class QueryApi:
     def _int(value: str | None, name: str, default: int) -> int:
         if value is None:
             return default
-        if not value.isdigit() or not 0 < int(value) <= 100:
+        # isdigit() alone admits "²" and other digits int() refuses
+        if not (value.isascii() and value.isdigit()) or not 0 < int(value) <= 100:
             raise ApiError(400, "invalid_parameter", f"{name}: a number from 1 to 100")
         return int(value)
 
 
 def _parse_time(text: str, zone: ZoneInfo, name: str) -> datetime:
+    """``text`` as an instant in ``[EARLIEST, LATEST]``: a date (its local midnight in
+    ``zone``) or a time, with an offset or in ``zone``."""
     try:
         if len(text) == 10:
-            return local_midnight(date.fromisoformat(text), zone)
-        at = datetime.fromisoformat(text)
+            day = date.fromisoformat(text)
+            _check_year(day.year, name)
+            at = local_midnight(day, zone)
+        else:
+            at = datetime.fromisoformat(text)
+            _check_year(at.year, name)
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=zone)
     except ValueError:
         raise ApiError(
             400, "invalid_parameter", f"{name}: a date (2026-11-26) or a time with an offset"
         ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=zone)
+    if not EARLIEST <= at <= LATEST:
+        raise _out_of_range(name)
+    return at
+
+
+def _check_year(year: int, name: str) -> None:
+    # before any arithmetic: year 1 or 9999 shifted by an offset or a period overflows
+    if not EARLIEST.year - 1 <= year <= LATEST.year:
+        raise _out_of_range(name)
+
+
+def _out_of_range(name: str) -> ApiError:
+    return ApiError(
+        400, "out_of_range", f"{name}: times from {EARLIEST.date()} to {LATEST.date()} (UTC) only"
+    )
+
+
+def _is_midnight(at: datetime, zone: ZoneInfo) -> bool:
+    return at == local_midnight(at.astimezone(zone).date(), zone)
+
+
+def _describe(span: timedelta) -> str:
+    if span.days >= 730:
+        return f"{span.days // 365} years"
+    if span.days >= 2:
+        return f"{span.days} days"
+    return f"{int(span.total_seconds() // 3600)} hours"
 
 
 def _shifted(

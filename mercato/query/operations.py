@@ -39,6 +39,7 @@ from mercato.store.base import Store
 OPERATION_TIMEOUT = 6 * 3600.0
 MAX_OPERATIONS = 50
 MERCHANT_LOOKBACK_DAYS = 90
+MAX_DIFF_DAYS = 400
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -210,6 +211,8 @@ class OperatorApi:
         end = _day(query.get("to"), "to", today + timedelta(days=1))
         if start >= end:
             raise ApiError(400, "invalid_parameter", "from: must be before to")
+        if (end - start).days > MAX_DIFF_DAYS:
+            raise ApiError(400, "invalid_parameter", f"to: at most {MAX_DIFF_DAYS} days after from")
         limit = _int(query.get("limit"), "limit", 200, 5000)
 
         def read() -> list[Any]:
@@ -317,13 +320,18 @@ class OperatorApi:
 def _int(value: str | None, name: str, default: int, most: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 0 < int(value) <= most:
+    if not _digits(value) or not 0 < int(value) <= most:
         raise ApiError(400, "invalid_parameter", f"{name}: a number from 1 to {most}")
     return int(value)
 
 
+def _digits(text: str) -> bool:
+    """Whether ``int(text)`` reads ``text`` as a plain number (isdigit() alone admits "²")."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _version(text: str) -> int:
-    if not text.isdigit():
+    if not _digits(text):
         raise ApiError(400, "invalid_parameter", f"version: a number, not {text!r}")
     return int(text)
 

@@ -1,8 +1,11 @@
 """Local calendar periods as exact unions of 15-minute UTC buckets.
 
-Every offset any IANA time zone has used since 1970 (and every DST transition) is a multiple
-of 15 minutes, so the boundaries of local hours, days, weeks and months always fall on a
-15-minute UTC boundary, and each stored bucket belongs to exactly one local period. A day in
+Every offset any IANA time zone has used since 1979-10-01 (and every DST transition) is a
+multiple of 15 minutes (before, local mean times such as Kiritimati's -10:40 or Monrovia's
+-0:44:30 were not), so from :data:`EARLIEST` on the boundaries of local hours, days, weeks
+and months always fall on a 15-minute UTC boundary, and each stored bucket belongs to exactly
+one local period. Ranges are limited to ``[EARLIEST, LATEST)``, and :func:`periods` stops
+after ``limit`` periods, so the cost of a request is bounded before any work starts. A day in
 Europe/Berlin's spring-forward is 23 hours (92 buckets), Asia/Kolkata's days start at 18:30
 UTC and Asia/Kathmandu's at 18:15 UTC. :func:`periods` gives the periods of a range as
 ``[start, end)`` epoch seconds; :func:`assign` maps buckets to them.
@@ -19,6 +22,21 @@ from zoneinfo import ZoneInfo
 Granularity = Literal["15m", "hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("15m", "hour", "day", "week", "month")
 BUCKET = 900
+# the nominal length of a period, for bounding a range's period count before building it
+NOMINAL_SECONDS = {"15m": 900, "hour": 3600, "day": 86_400, "week": 7 * 86_400,
+                   "month": 30 * 86_400}  # fmt: skip
+EARLIEST = datetime(1980, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# a local hour starts at most 45 minutes before the UTC quarter hour holding ``at``
+_STEPS = 4
+
+
+class TooManyPeriods(ValueError):
+    """A range holds more periods than allowed."""
+
+    def __init__(self, estimate: int, limit: int) -> None:
+        super().__init__(f"about {estimate} periods; at most {limit}")
+        self.estimate, self.limit = estimate, limit
 
 
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:
@@ -48,9 +66,11 @@ def period_start(at: datetime, granularity: str, zone: ZoneInfo) -> int:
         # a local hour starts where the local clock shows :00; with a :30 or :45 offset that
         # is not a UTC hour boundary, so step back through the quarter hours
         start = seconds - seconds % BUCKET
-        while datetime.fromtimestamp(start, zone).minute != 0:
+        for _ in range(_STEPS):
+            if datetime.fromtimestamp(start, zone).minute == 0:
+                return start
             start -= BUCKET
-        return start
+        raise ValueError(f"{zone.key} has no whole local hour near {at}")
     day = local.date()
     if granularity == "week":
         day -= timedelta(days=day.weekday())  # ISO weeks start on Monday
@@ -65,9 +85,11 @@ def next_start(start: int, granularity: str, zone: ZoneInfo) -> int:
         return start + BUCKET
     if granularity == "hour":
         end = start + BUCKET
-        while datetime.fromtimestamp(end, zone).minute != 0:
+        for _ in range(_STEPS):
+            if datetime.fromtimestamp(end, zone).minute == 0:
+                return end
             end += BUCKET
-        return end
+        raise ValueError(f"{zone.key} has no whole local hour after {start}")
     local = datetime.fromtimestamp(start, zone).date()
     if granularity == "day":
         following = local + timedelta(days=1)
@@ -78,17 +100,34 @@ def next_start(start: int, granularity: str, zone: ZoneInfo) -> int:
     return _epoch(local_midnight(following, zone))
 
 
-def periods(start: datetime, end: datetime, granularity: str, zone: ZoneInfo) -> list[int]:
+def periods(
+    start: datetime, end: datetime, granularity: str, zone: ZoneInfo, limit: int | None = None
+) -> list[int]:
     """Boundaries ``[p0, p1, …, pn]`` of the periods covering ``[start, end)``: period ``i``
-    is ``[p_i, p_(i+1))``. The first starts at or before ``start``."""
+    is ``[p_i, p_(i+1))``. The first starts at or before ``start``.
+
+    Raises :class:`TooManyPeriods` if there are more than ``limit``, having computed at most
+    ``limit + 1`` of them (none if their count is over the limit by arithmetic alone).
+    """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}")
     first = period_start(start, granularity, zone)
     stop = _epoch(end)
+    estimate = -(-(stop - first) // NOMINAL_SECONDS[granularity])
+    # local periods are at most 10% shorter than nominal (a 23-hour day, a 28-day month)
+    if limit is not None and estimate > limit + limit // 8 + 2:
+        raise TooManyPeriods(estimate, limit)
     bounds = [first]
     while bounds[-1] < stop:
+        if limit is not None and len(bounds) > limit:
+            raise TooManyPeriods(estimate, limit)
         bounds.append(next_start(bounds[-1], granularity, zone))
     return bounds
+
+
+def max_range(granularity: str, limit: int) -> timedelta:
+    """About the longest range ``limit`` periods of ``granularity`` cover (for messages)."""
+    return timedelta(seconds=NOMINAL_SECONDS[granularity] * limit)
 
 
 def assign(buckets: Sequence[int], bounds: Sequence[int]) -> list[int]:

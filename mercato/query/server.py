@@ -84,4 +84,5 @@ def serve(config: Config, *, config_path: str | None = None, announce: bool = Tr
             serve_asgi(api.app, config.api.host, config.api.port)
         finally:
             operator.stop()
+            api.offload.close()
             log.close()
