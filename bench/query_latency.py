@@ -66,7 +66,7 @@ def fill(store: SqliteStore, version: int, merchants: int, buckets: int) -> int:
                             for name, value in zip(
                                 PARTIAL_SCHEMA.names,
                                 (f"m_{m}", metric, dimension, member, bucket, count, total,
-                                 None, None, None),
+                                 None, None, None, 0),
                                 strict=True,
                             ):  # fmt: skip
                                 columns[name].append(value)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from mercato.batch.drift import check_drift
 from mercato.batch.engine import Engine, open_engine
+from mercato.batch.invalid import find_invalid
 from mercato.batch.seal import SealReport
 from mercato.batch.seal import seal as seal_hours
 from mercato.batch.sql import run_sql
@@ -257,6 +258,63 @@ def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int) -> None
             console.print(f"… {result.num_rows - max_rows:,} more rows (--max-rows)")
 
 
+@click.command("invalid")
+@click.argument("metric")
+@click.option("--from", "start", help="First UTC hour, YYYY-MM-DD[THH]. Default: 24 hours ago.")
+@click.option("--to", "end", help="UTC hour to stop before, YYYY-MM-DD[THH]. Default: now.")
+@click.option("--merchant", help="Only this merchant's events.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@FORMAT
+@click.pass_context
+@friendly
+def invalid_command(
+    ctx: click.Context,
+    metric: str,
+    start: str | None,
+    end: str | None,
+    merchant: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List the archived events METRIC matched but could not use.
+
+    A value of the wrong kind (an amount of "100" or 1.5, money beyond ±2^53, a time without
+    an offset) is left out of the metric and counted in its `invalid` figure (the API's
+    answers, the console, `mercato_invalid_values` in Prometheus). This finds those events
+    by the same rule, so the producer can be told what to fix. Reads the serving version's
+    definitions and the archive (events of the last minutes may not be archived yet).
+    """
+    config = context_config(ctx)
+    with open_store(config) as store:
+        _, definitions = serving(store, load_definitions(config.aggregator.definitions or None))
+    chosen = definitions.metrics.get(metric)
+    if chosen is None:
+        raise MercatoError(
+            f"no metric named {metric!r}; the serving version has {', '.join(definitions.metrics)}"
+        )
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    since = parse_hour_option("--from", start) or now - timedelta(hours=25)
+    until = parse_hour_option("--to", end) or now
+    found = find_invalid(
+        config.archive_path, definitions, chosen, since, until, merchant_id=merchant, limit=limit
+    )
+    if fmt == "json":
+        click.echo(msgspec.json.encode(found).decode())
+        return
+    if not found:
+        console.print(
+            f"no events {metric} could not use from {since:%Y-%m-%dT%H} to {until:%Y-%m-%dT%H}"
+        )
+        return
+    table = Table("event_id", "merchant_id", "event_time", "unusable", "properties")
+    for event in found:
+        table.add_row(event.event_id, event.merchant_id, event.event_time.isoformat(),
+                      ", ".join(event.fields), event.properties)  # fmt: skip
+    console.print(table)
+    if len(found) == limit:
+        console.print(f"showing the first {limit} (--limit)")
+
+
 @click.group("versions")
 def versions_group() -> None:
     """Definitions versions: list them, drop old ones."""
@@ -312,6 +370,7 @@ COMMANDS = [
     rollback_command,
     drift_command,
     sql_command,
+    invalid_command,
     versions_group,
 ]
 

@@ -7,7 +7,9 @@ extension, which it would download; so files on an object store are handed to it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -55,31 +57,53 @@ class DuckDbEngine:
         if not paths:
             return Rollup(empty_partials(), 0, 0)
         builder = BatchBuilder(definitions)
-        if is_local(filesystem):
-            files, params = LOCAL_FILES, {"paths": list(paths)}
-        else:
-            dataset = ds.dataset(
-                list(paths), schema=SCHEMA, format="parquet", filesystem=filesystem
-            )
-            self._db.register(DATASET, dataset)
-            files, params = DATASET, {}
-        try:
-            counted = self._db.sql(f"SELECT count(*) FROM {files}", params=params).fetchall()
-            relation = self._db.sql(DISTINCT_EVENTS.format(files=files), params=params)
-            reader: pa.RecordBatchReader = relation.to_arrow_reader(self.chunk_rows)
-            parts, events = [], 0
-            for batch in reader:
-                if batch.num_rows:
-                    table = pa.Table.from_batches([batch])
-                    parts.append(rollup(builder.from_archive(table), definitions))
-                    events += batch.num_rows
-        except (duckdb.Error, OSError) as exc:
-            raise EngineError(f"DuckDB could not read the archive: {exc}") from exc
-        finally:
-            if files == DATASET:
-                self._db.unregister(DATASET)
+        parts, events = [], 0
+        rows = self._rows(paths, filesystem)
+        for table in self.distinct_events(paths, filesystem):
+            parts.append(rollup(builder.from_archive(table), definitions))
+            events += table.num_rows
         partials = merge(parts) if parts else empty_partials()
-        return Rollup(partials, events, int(counted[0][0]))
+        return Rollup(partials, events, rows)
+
+    def distinct_events(
+        self, paths: Sequence[str], filesystem: pafs.FileSystem | None = None
+    ) -> Iterator[pa.Table]:
+        """The distinct events of the archive files ``paths`` in chunks of about
+        ``chunk_rows``, the first delivery of each in log order, in the archive's order."""
+        if not paths:
+            return
+        with self._files(paths, filesystem) as (files, params):
+            try:
+                relation = self._db.sql(DISTINCT_EVENTS.format(files=files), params=params)
+                reader: pa.RecordBatchReader = relation.to_arrow_reader(self.chunk_rows)
+                for batch in reader:
+                    if batch.num_rows:
+                        yield pa.Table.from_batches([batch])
+            except (duckdb.Error, OSError) as exc:
+                raise EngineError(f"DuckDB could not read the archive: {exc}") from exc
+
+    def _rows(self, paths: Sequence[str], filesystem: pafs.FileSystem | None) -> int:
+        with self._files(paths, filesystem) as (files, params):
+            try:
+                counted = self._db.sql(f"SELECT count(*) FROM {files}", params=params).fetchall()
+            except (duckdb.Error, OSError) as exc:
+                raise EngineError(f"DuckDB could not read the archive: {exc}") from exc
+        return int(counted[0][0])
+
+    @contextmanager
+    def _files(
+        self, paths: Sequence[str], filesystem: pafs.FileSystem | None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """What to read ``paths`` as in SQL, and its parameters."""
+        if is_local(filesystem):
+            yield LOCAL_FILES, {"paths": list(paths)}
+            return
+        dataset = ds.dataset(list(paths), schema=SCHEMA, format="parquet", filesystem=filesystem)
+        self._db.register(DATASET, dataset)
+        try:
+            yield DATASET, {}
+        finally:
+            self._db.unregister(DATASET)
 
     def close(self) -> None:
         self._db.close()

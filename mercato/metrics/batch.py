@@ -6,12 +6,16 @@ pyarrow table with the fixed columns ``event_id, merchant_id, type, event_time,
 received_at, source`` plus, for each field the definitions use, the typed columns they need:
 ``<path>#str`` (dimensions, equality filters, distinct counts), ``<path>#num`` (numeric
 filters, percentiles), ``<path>#int`` (sum, min, max: money in minor units) and ``<path>#time``
-(a metric's own time field). A value of the wrong JSON type becomes null there.
+(a metric's own time field). A value of the wrong JSON type becomes null there, and
+``<path>#<kind>#invalid`` (see :func:`invalid_column`) is true where the field is present
+but unusable as ``kind`` (:data:`VALUE_RULES`), so a metric can count what it had to leave
+out instead of losing it silently; an absent or null field is neither.
 """
 
 from __future__ import annotations
 
 import keyword
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -19,12 +23,22 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mercato.metrics.definitions import NUMERIC_OPS, Definitions
 
 BASE_COLUMNS = ("event_id", "merchant_id", "type", "event_time", "received_at", "source")
 TOP_LEVEL = frozenset(BASE_COLUMNS)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Integers beyond JavaScript's safe range lose digits in every browser and most JSON tools,
+# and bound any sum of a thousand of them to int64.
+MAX_INTEGER = 2**53 - 1
+VALUE_RULES = {
+    "int": f"a JSON integer from {-MAX_INTEGER} to {MAX_INTEGER} (money in minor units)",
+    "num": "a finite JSON number",
+    "str": "a string, number or boolean",
+    "time": "an RFC 3339 time with an offset",
+}
 
 
 def column(path: str, kind: str) -> str:
@@ -32,6 +46,12 @@ def column(path: str, kind: str) -> str:
     if path in TOP_LEVEL:
         return path
     return f"{path}#{kind}"
+
+
+def invalid_column(path: str, kind: str) -> str:
+    """The batch column that is true where field ``path`` is present but unusable as
+    ``kind`` (a top-level field is never unusable: the event's schema guarantees it)."""
+    return f"{path}#{kind}#invalid"
 
 
 def columns_needed(definitions: Definitions) -> dict[str, set[str]]:
@@ -160,7 +180,9 @@ class BatchBuilder:
             for part in rest:
                 raw = [v.get(part) if isinstance(v, dict) else None for v in raw]
             for kind in sorted(kinds):
-                arrays[column(path, kind)] = _CONVERT[kind](raw)
+                values, invalid = _CONVERT[kind](raw)
+                arrays[column(path, kind)] = values
+                arrays[invalid_column(path, kind)] = invalid
         return pa.table(arrays)
 
     def batch(self, values: Sequence[bytes]) -> pa.Table:
@@ -174,43 +196,59 @@ def _attribute(key: str, n: int) -> str:
     return f"{name}_{n}"
 
 
-def _strings(values: list[Any]) -> pa.Array:
+Converted = tuple[pa.Array, pa.Array]  # the values, and where a present one was unusable
+
+
+def _unusable(values: list[Any], usable: pa.Array) -> pa.Array:
+    """True where a value is present (not null) but did not convert."""
+    present = pa.array([v is not None for v in values], pa.bool_())
+    return pc.and_(present, pc.invert(pc.is_valid(usable)))
+
+
+def _strings(values: list[Any]) -> Converted:
     try:
-        return pa.array(values, pa.string())  # the common case: every value a string or null
+        # the common case: every value a string or null
+        return pa.array(values, pa.string()), pa.repeat(False, len(values))
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         pass
-    out: list[str | None] = []
+    converted: list[str | None] = []
     for v in values:
         if isinstance(v, str):
-            out.append(v)
+            converted.append(v)
         elif isinstance(v, bool):
-            out.append("true" if v else "false")
+            converted.append("true" if v else "false")
         elif isinstance(v, int | float):
-            out.append(str(v))
+            converted.append(str(v))
         else:
-            out.append(None)
-    return pa.array(out, pa.string())
+            converted.append(None)
+    array = pa.array(converted, pa.string())
+    return array, _unusable(values, array)
 
 
-def _numbers(values: list[Any]) -> pa.Array:
-    # type() rather than isinstance: a bool is an int to isinstance, and not a number here
-    return pa.array(
-        [float(v) if type(v) is int or type(v) is float else None for v in values], pa.float64()
+def _numbers(values: list[Any]) -> Converted:
+    # type() rather than isinstance: a bool is an int to isinstance, and not a number here;
+    # an int beyond float's range, inf and nan are no numbers to aggregate either
+    array = pa.array(
+        [
+            float(v)
+            if (type(v) is float and math.isfinite(v))
+            or (type(v) is int and -_FLOAT_INT <= v <= _FLOAT_INT)
+            else None
+            for v in values
+        ],
+        pa.float64(),
     )
+    return array, _unusable(values, array)
 
 
-def _integers(values: list[Any]) -> pa.Array:
+def _integers(values: list[Any]) -> Converted:
     # only JSON integers: pyarrow would silently truncate 19.99 to 19
-    ints = [v if type(v) is int else None for v in values]
-    try:
-        return pa.array(ints, pa.int64())
-    except OverflowError:
-        return pa.array(
-            [v if v is None or -(2**63) <= v < 2**63 else None for v in ints], pa.int64()
-        )
+    ints = [v if type(v) is int and -MAX_INTEGER <= v <= MAX_INTEGER else None for v in values]
+    array = pa.array(ints, pa.int64())
+    return array, _unusable(values, array)
 
 
-def _times(values: list[Any]) -> pa.Array:
+def _times(values: list[Any]) -> Converted:
     out: list[datetime | None] = []
     for v in values:
         try:
@@ -219,11 +257,16 @@ def _times(values: list[Any]) -> pa.Array:
             parsed = None
         if parsed is not None and parsed.tzinfo is None:
             parsed = None  # a time without an offset is ambiguous
-        out.append(parsed.astimezone(UTC) if parsed is not None else None)
-    return pa.array(out, TIMESTAMP)
+        try:
+            out.append(parsed.astimezone(UTC) if parsed is not None else None)
+        except OverflowError:  # year 1 with a positive offset is before year 1 in UTC
+            out.append(None)
+    array = pa.array(out, TIMESTAMP)
+    return array, _unusable(values, array)
 
 
-_CONVERT: dict[str, Callable[[list[Any]], pa.Array]] = {
+_FLOAT_INT = 2**1023  # beyond: float() overflows
+_CONVERT: dict[str, Callable[[list[Any]], Converted]] = {
     "str": _strings,
     "num": _numbers,
     "int": _integers,

@@ -2,11 +2,16 @@
 
 :func:`rollup` turns a columnar batch of normalized events into **partials**: one row per
 (merchant, metric, dimension, member, 15-minute UTC bucket) holding ``count``, ``sum``,
-``min``, ``max`` and a ``sketch``. A metric with dimensions gets a total row
-(``dimension = ""``, ``member = ""``) and one row per value of each dimension (a missing
-value is the member ``"(none)"``). :func:`merge` combines partials; it is associative and
-commutative, so any split, order or batching of the same events merges to the same result
-(sketches: to the same estimate within DataSketches' documented error).
+``min``, ``max``, a ``sketch`` and ``invalid``: the events the metric matched but could not
+use, because the field it aggregates (or its own time field) held a value of the wrong kind
+(:data:`~mercato.metrics.batch.VALUE_RULES`: money beyond ±2^53, ``"100"``, ``1.5``, …).
+They are left out of the value and counted there, in the bucket of their time (or of their
+event time when that was the unusable field), so nothing leaves a figure unseen. A metric
+with dimensions gets a total row (``dimension = ""``, ``member = ""``) and one row per value
+of each dimension (a missing value is the member ``"(none)"``). :func:`merge` combines
+partials; it is associative and commutative, so any split, order or batching of the same
+events merges to the same result (sketches: to the same estimate within DataSketches'
+documented error).
 
 Sketches are Apache DataSketches, serialized with a one-byte tag so a partial is
 self-describing: ``H`` + an HLL sketch (``count_distinct``), ``K`` + a KLL sketch of floats
@@ -21,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import hll_sketch, hll_union, kll_floats_sketch, tgt_hll_type
 
-from mercato.metrics.batch import column
+from mercato.metrics.batch import TOP_LEVEL, column, invalid_column
 from mercato.metrics.definitions import Condition, Definitions, Metric
 
 BUCKET_SECONDS = 900
@@ -43,6 +48,7 @@ PARTIAL_SCHEMA = pa.schema(
         ("min", pa.int64()),
         ("max", pa.int64()),
         ("sketch", pa.binary()),
+        ("invalid", pa.int64()),  # matched events whose value the metric could not use
     ]
 )
 
@@ -57,30 +63,67 @@ def rollup(batch: pa.Table, definitions: Definitions) -> pa.Table:
     return pa.concat_tables([p for p in parts if p.num_rows] or [empty_partials()])
 
 
-def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) -> pa.Table:
+def value_kind(metric: Metric) -> str:
+    """The batch column kind a metric's ``value`` is read as."""
+    return {"count_distinct": "str", "percentile": "num"}.get(metric.kind, "int")
+
+
+def unusable_columns(metric: Metric) -> list[str]:
+    """The batch columns that flag an event's value (or time) as unusable for ``metric``."""
+    fields = [(metric.time, "time")]
+    if metric.value is not None:
+        fields.append((metric.value, value_kind(metric)))
+    return [invalid_column(path, kind) for path, kind in fields if path not in TOP_LEVEL]
+
+
+def matches(batch: pa.Table, metric: Metric) -> pa.ChunkedArray:
+    """Which events of ``batch`` the metric counts: its event types passing its filters."""
     mask = pc.is_in(batch["type"], value_set=pa.array(metric.events, pa.string()))
     for condition in metric.where:
         mask = pc.and_kleene(mask, _condition(batch, condition))
-    kind = {"count_distinct": "str", "percentile": "num"}.get(metric.kind, "int")
-    needed = {"merchant_id", column(metric.time, "time")}
+    return pc.fill_null(mask, False)
+
+
+def unusable(batch: pa.Table, metric: Metric) -> pa.ChunkedArray:
+    """Which events of ``batch`` hold a value (or time) the metric cannot use."""
+    bad = pa.repeat(False, batch.num_rows)
+    for flag in unusable_columns(metric):
+        bad = pc.or_(bad, batch[flag])
+    return bad
+
+
+def invalid_events(batch: pa.Table, metric: Metric) -> pa.Table:
+    """The events of ``batch`` that ``metric`` counts in its ``invalid`` column: matched, with
+    a value (or time) it cannot use; ``event_id, merchant_id, event_time`` and, per field the
+    metric reads, whether it was the unusable one."""
+    rows = batch.filter(pc.and_(matches(batch, metric), unusable(batch, metric)))
+    return rows.select(["event_id", "merchant_id", "event_time", *unusable_columns(metric)])
+
+
+def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) -> pa.Table:
+    kind = value_kind(metric)
+    flags = unusable_columns(metric)
+    needed = {"merchant_id", "event_time", column(metric.time, "time"), *flags}
     needed.update(column(definitions.dimensions[name].field, "str") for name in metric.dimensions)
     if metric.value is not None:
         needed.add(column(metric.value, kind))
     # filter only the columns this metric reads: copying every column of the batch for every
     # metric was most of the kernel's time
-    rows = batch.select(sorted(needed)).filter(pc.fill_null(mask, False))
-    time = rows[column(metric.time, "time")]
+    rows = batch.select(sorted(needed)).filter(matches(batch, metric))
+    bad = unusable(rows, metric)
+    keep = pc.and_(pc.is_valid(rows[column(metric.time, "time")]), pc.invert(bad))
     if metric.value is not None:
-        value = rows[column(metric.value, kind)]
-        keep = pc.and_(pc.is_valid(time), pc.is_valid(value))
-    else:
-        value = None
-        keep = pc.is_valid(time)
-    rows, time = rows.filter(keep), time.filter(keep)
-    if value is not None:
-        value = value.filter(keep)
+        keep = pc.and_(keep, pc.is_valid(rows[column(metric.value, kind)]))
+    # an event is counted, or counted as invalid, or (a field it needs is absent) neither
+    wanted = pc.or_(keep, bad)
+    rows, keep, bad = rows.filter(wanted), keep.filter(wanted), bad.filter(wanted)
     if rows.num_rows == 0:
         return empty_partials()
+    # an unusable time field is counted in the bucket of the event's own time
+    time = pc.coalesce(rows[column(metric.time, "time")], rows["event_time"])
+    value = None
+    if metric.value is not None:
+        value = pc.if_else(keep, rows[column(metric.value, kind)], None)
     micros = pc.cast(time, pa.int64())
     bucket = pc.multiply(pc.divide(micros, BUCKET_SECONDS * 1_000_000), BUCKET_SECONDS)
     groupings: list[tuple[str, pa.ChunkedArray | None]] = [(TOTAL, None)]
@@ -95,6 +138,8 @@ def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) ->
                 "member": members if members is not None else pa.nulls(rows.num_rows, pa.string()),
                 "bucket": bucket,
                 "value": value if value is not None else pa.nulls(rows.num_rows, pa.int64()),
+                "ok": pc.cast(keep, pa.int64()),
+                "bad": pc.cast(bad, pa.int64()),
             }
         )
         tables.append(_aggregate(table, metric, dimension))
@@ -103,31 +148,39 @@ def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) ->
 
 def _aggregate(table: pa.Table, metric: Metric, dimension: str) -> pa.Table:
     keys = ["merchant_id", "member", "bucket"]
+    sums = mins = maxs = sketches = None
     if metric.kind in ("count_distinct", "percentile"):
         grouped = table.group_by(keys, use_threads=False).aggregate(
-            [("value", "count"), ("value", "list")]
+            [("value", "count"), ("value", "list"), ("bad", "sum")]
         )
         build = hll_of if metric.kind == "count_distinct" else kll_of
         sketches = pa.array(
-            [build(values) for values in grouped["value_list"].to_pylist()], pa.binary()
-        )
-        counts, sums, mins, maxs = grouped["value_count"], None, None, None
-    elif metric.kind == "count":
-        grouped = table.group_by(keys, use_threads=False).aggregate([("bucket", "count")])
-        counts, sums, mins, maxs, sketches = grouped["bucket_count"], None, None, None, None
-    else:
-        grouped = table.group_by(keys, use_threads=False).aggregate(
-            [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max")]
+            [
+                build(v for v in values if v is not None) if count else None
+                for values, count in zip(
+                    grouped["value_list"].to_pylist(),
+                    grouped["value_count"].to_pylist(),
+                    strict=True,
+                )
+            ],
+            pa.binary(),
         )
         counts = grouped["value_count"]
-        sums, mins, maxs = grouped["value_sum"], grouped["value_min"], grouped["value_max"]
-        sketches = None
-        if metric.kind != "sum":
-            sums = None
-        if metric.kind != "min":
-            mins = None
-        if metric.kind != "max":
-            maxs = None
+    elif metric.kind == "count":
+        grouped = table.group_by(keys, use_threads=False).aggregate([("ok", "sum"), ("bad", "sum")])
+        counts = grouped["ok_sum"]
+    else:
+        grouped = table.group_by(keys, use_threads=False).aggregate(
+            [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max"),
+             ("bad", "sum")]
+        )  # fmt: skip
+        counts = grouped["value_count"]
+        if metric.kind == "sum":
+            sums = grouped["value_sum"]
+        elif metric.kind == "min":
+            mins = grouped["value_min"]
+        else:
+            maxs = grouped["value_max"]
     rows = grouped.num_rows
     return pa.table(
         {
@@ -143,6 +196,7 @@ def _aggregate(table: pa.Table, metric: Metric, dimension: str) -> pa.Table:
             "min": mins if mins is not None else pa.nulls(rows, pa.int64()),
             "max": maxs if maxs is not None else pa.nulls(rows, pa.int64()),
             "sketch": sketches if sketches is not None else pa.nulls(rows, pa.binary()),
+            "invalid": pc.cast(grouped["bad_sum"], pa.int64()),
         },
         schema=PARTIAL_SCHEMA,
     )
@@ -228,8 +282,9 @@ def merge(partials: Sequence[pa.Table]) -> pa.Table:
         return empty_partials()
     table = pa.concat_tables(tables)
     grouped = table.group_by(list(KEY), use_threads=False).aggregate(
-        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max"), ("sketch", "list")]
-    )
+        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max"), ("sketch", "list"),
+         ("invalid", "sum")]
+    )  # fmt: skip
     sketches = pa.array(
         [merge_sketches(blobs) for blobs in grouped["sketch_list"].to_pylist()], pa.binary()
     )
@@ -241,6 +296,7 @@ def merge(partials: Sequence[pa.Table]) -> pa.Table:
             "min": grouped["min_min"],
             "max": grouped["max_max"],
             "sketch": sketches,
+            "invalid": grouped["invalid_sum"],
         },
         schema=PARTIAL_SCHEMA,
     )

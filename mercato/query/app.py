@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from mercato.batch.versions import definitions_of
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import Definitions, Metric
+from mercato.query.monitor import invalid_values
 from mercato.query.openapi import DOCS_HTML, openapi
 from mercato.query.periods import (
     EARLIEST,
@@ -50,7 +51,10 @@ from mercato.store.base import Store, check_timezone
 from mercato.store.errors import StoreError, StoreUnavailableError
 
 CACHE_SECONDS = 1.0
+ZONE_SLACK = timedelta(days=1)  # the ends of the range are local days in any zone
 MAX_OVERVIEW_METRICS = 50
+MAX_MERCHANT_ID = 256  # as the collector accepts them
+MAX_BODY_BYTES = 64 * 1024  # the admin endpoints' JSON bodies are a few fields
 Handler = Callable[[Request], Response | Awaitable[Response]]
 T = TypeVar("T")
 
@@ -287,7 +291,7 @@ class QueryApi:
         body = self._series_body(view, metric, start, end, granularity, zone, group_by, top)
         if compare is not None:
             before_start, before_end = _shifted(start, end, compare, zone)
-            if before_start < EARLIEST:
+            if before_start < EARLIEST - ZONE_SLACK:
                 raise ApiError(
                     400,
                     "out_of_range",
@@ -340,6 +344,9 @@ class QueryApi:
             "complete_through": _complete_through(view, zone),
             "periods": [datetime.fromtimestamp(b, zone).isoformat() for b in bounds[:-1]],
             "series": [_series_json(s, view, bounds) for s in series],
+            # events the metric matched in the range but could not use (a value of the wrong
+            # kind): left out of the values, never silently
+            "invalid": sum(s.invalid for s in series),
         }
 
     def overview(self, request: Request) -> Response:
@@ -372,7 +379,7 @@ class QueryApi:
     ) -> dict[str, Any]:
         before_start, before_end = _shifted(start, end, "previous_period", zone)
         now, then = _epochs(start, end), _epochs(before_start, before_end)
-        has_previous = before_start >= EARLIEST  # nothing is stored before it
+        has_previous = before_start >= EARLIEST - ZONE_SLACK  # nothing is stored before
         # whole local days of the merchant's own zone read its day rows
         by_day = self._zone(view, None).key == zone.key and all(
             _is_midnight(at, zone) for at in (start, end)
@@ -382,7 +389,8 @@ class QueryApi:
             metric = view.definitions.metrics.get(name)
             if metric is None or metric.kind == "percentile":
                 continue
-            value = timeseries(view, view.definitions, metric, now, by_day=by_day)[0].values[0]
+            current = timeseries(view, view.definitions, metric, now, by_day=by_day)[0]
+            value = current.values[0]
             previous = (
                 timeseries(view, view.definitions, metric, then, by_day=by_day)[0].values[0]
                 if has_previous
@@ -395,7 +403,8 @@ class QueryApi:
             )
             kpis.append(
                 {"metric": name, "unit": metric.unit, "value": value, "previous": previous,
-                 "change": change, "provisional": not view.is_final(now[-1])}
+                 "change": change, "provisional": not view.is_final(now[-1]),
+                 "invalid": current.invalid}
             )  # fmt: skip
         return {
             "tz": zone.key,
@@ -428,6 +437,17 @@ class QueryApi:
             for name, text, value in gauges:
                 if value is not None:
                     lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"]
+            counts = invalid_values(self.store, version, self._clock().timestamp())
+            name = "mercato_invalid_values"
+            lines += [
+                f"# HELP {name} Events of the last 24 hours a metric matched but could not use "
+                "(a value of the wrong kind; see `mercato invalid`).",
+                f"# TYPE {name} gauge",
+                *(
+                    f'{name}{{metric="{metric.name}"}} {counts.get(metric.name, 0)}'
+                    for metric in self.definitions_of(version).stored
+                ),
+            ]
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     # -- admin endpoints ----------------------------------------------------------------------
@@ -435,13 +455,13 @@ class QueryApi:
     async def issue_token(self, request: Request) -> Response:
         self.require_admin(request)
         try:
-            body = msgspec.json.decode(await request.body(), type=dict[str, Any])
+            body = msgspec.json.decode(await _body(request), type=dict[str, Any])
         except msgspec.DecodeError:
             raise ApiError(400, "invalid_body", "send JSON {merchant_id, ttl_seconds?}") from None
         merchant = body.get("merchant_id")
         ttl = body.get("ttl_seconds", self.config.token_ttl_seconds)
-        if not isinstance(merchant, str) or not merchant:
-            raise ApiError(400, "invalid_body", "merchant_id: a non-empty string")
+        if not isinstance(merchant, str) or not 0 < len(merchant) <= MAX_MERCHANT_ID:
+            raise ApiError(400, "invalid_body", "merchant_id: a string of 1 to 256 characters")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
             raise ApiError(400, "invalid_body", "ttl_seconds: a positive integer")
         token, expires = self.signer.issue(merchant, ttl)
@@ -450,11 +470,13 @@ class QueryApi:
     async def set_timezone(self, request: Request) -> Response:
         self.require_admin(request)
         try:
-            body = msgspec.json.decode(await request.body(), type=dict[str, Any])
+            body = msgspec.json.decode(await _body(request), type=dict[str, Any])
             zone = check_timezone(str(body.get("timezone", "")))
         except (msgspec.DecodeError, StoreError) as exc:
             raise ApiError(400, "invalid_body", f"timezone: {exc}") from None
         merchant = request.path_params["merchant_id"]
+        if len(merchant) > MAX_MERCHANT_ID:
+            raise ApiError(400, "invalid_parameter", "merchant_id: at most 256 characters")
         await self.offload.run(self.store.set_merchant_timezone, merchant, zone)
         self._cache.pop(("zone", merchant), None)
         return _json({"merchant_id": merchant, "timezone": zone})
@@ -494,6 +516,20 @@ class QueryApi:
         return int(value)
 
 
+async def _body(request: Request) -> bytes:
+    """The request's body, refused with 413 past :data:`MAX_BODY_BYTES` before it is all read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"bodies are at most {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"bodies are at most {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _parse_time(text: str, zone: ZoneInfo, name: str) -> datetime:
     """``text`` as an instant in ``[EARLIEST, LATEST]``: a date (its local midnight in
     ``zone``) or a time, with an offset or in ``zone``."""
@@ -511,7 +547,8 @@ def _parse_time(text: str, zone: ZoneInfo, name: str) -> datetime:
         raise ApiError(
             400, "invalid_parameter", f"{name}: a date (2026-11-26) or a time with an offset"
         ) from None
-    if not EARLIEST <= at <= LATEST:
+    # a day's local midnight east of UTC is on the UTC day before
+    if not EARLIEST - ZONE_SLACK <= at <= LATEST + ZONE_SLACK:
         raise _out_of_range(name)
     return at
 

@@ -111,6 +111,8 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
     return {
         "now": _iso(now),
         "serving_version": serving,
+        # per metric, events of the last 24 hours it matched but could not use
+        "invalid_values": {} if serving is None else invalid_values(store, serving, now),
         "partitions": partitions,
         "consumers": rows,
         "freshness": {
@@ -121,6 +123,15 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
             "drift_checked_at": _iso(marks.get("drift_checked_at")),
         },
     }
+
+
+def invalid_values(store: Store, version: int, now: float) -> dict[str, int]:
+    """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
+    that the metric matched but could not use (a value of the wrong kind)."""
+    end = int(now) - int(now) % 900 + 900
+    return store.invalid_totals(
+        version, end - 86_400, end, store.watermark(SEALED_THROUGH, version)
+    )
 
 
 def archive_summary(store: Store, archive: Root, now: float, days: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from mercato import __version__
 
-_TIME = "a date (local midnight in tz) or an RFC 3339 time"
+_TIME = "a date (local midnight in tz) or an RFC 3339 time, from 1980-01-01 to 2200-01-01 (UTC)"
 
 
 def _param(
@@ -22,10 +22,14 @@ _RANGE = [
     _param("tz", "IANA time zone. Default: the merchant's, else UTC.", {"type": "string"}),
 ]
 _ERRORS = {
-    "400": {"description": "A parameter is invalid; the message names it."},
+    "400": {
+        "description": "A parameter is invalid, or the range is too long for the "
+        "granularity (at most max_points periods, 5,000 by default); the message names it."
+    },
     "401": {"description": "Missing, invalid or expired token."},
     "404": {"description": "No such metric."},
     "429": {"description": "Rate limited; see Retry-After."},
+    "503": {"description": "Too many requests in progress, or the store is away; see Retry-After."},
 }
 _MERCHANT: list[dict[str, list[str]]] = [{"merchantToken": []}]
 
@@ -198,7 +202,11 @@ def openapi() -> dict[str, Any]:
                         ),
                     ],
                     "responses": {
-                        "200": {"description": "periods, series (values, provisional)"},
+                        "200": {
+                            "description": "periods, series (values, provisional), invalid "
+                            "(events the metric matched in the range but could not use: a "
+                            "value of the wrong kind, left out of the values)"
+                        },
                         **_ERRORS,
                     },
                 }

@@ -27,8 +27,9 @@ NOMINAL_SECONDS = {"15m": 900, "hour": 3600, "day": 86_400, "week": 7 * 86_400,
                    "month": 30 * 86_400}  # fmt: skip
 EARLIEST = datetime(1980, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-# a local hour starts at most 45 minutes before the UTC quarter hour holding ``at``
-_STEPS = 4
+# a local hour holds at most 8 quarter hours (Lord Howe's is 90 minutes long when its clocks
+# skip from 2:00 to 2:30): how far to search for the next or last local :00
+_STEPS = 8
 
 
 class TooManyPeriods(ValueError):

@@ -24,7 +24,7 @@ from mercato.store.base import Store
 Value = float | int | None
 Row = tuple[Any, ...]
 # positions of PARTIAL_SCHEMA's columns in a row
-_METRIC, _DIMENSION, _MEMBER, _BUCKET, _COUNT, _SUM, _MIN, _MAX, _SKETCH = range(1, 10)
+_METRIC, _DIMENSION, _MEMBER, _BUCKET, _COUNT, _SUM, _MIN, _MAX, _SKETCH, _INVALID = range(1, 11)
 
 
 class MerchantView:
@@ -82,10 +82,12 @@ class MerchantView:
 
 
 class Series(msgspec.Struct):
-    """One line of a chart: a value per period (``values`` per quantile for percentiles)."""
+    """One line of a chart: a value per period (``values`` per quantile for percentiles),
+    and how many events the metric matched in the periods but could not use."""
 
     member: str | None
     values: list[Value] | list[dict[str, Value]]
+    invalid: int = 0
 
 
 class _Cell:
@@ -161,30 +163,44 @@ def timeseries(
     start, end = bounds[0], bounds[-1]
     periods = len(bounds) - 1
     if group_by is None:
-        return [Series(None, _total_values(view, definitions, metric, bounds, by_day))]
+        names = definitions.dependencies(metric)
+        rows = view.rows(names, bounds[0], bounds[-1], "", by_day)
+        values = _total_values(rows, definitions, metric, bounds)
+        return [Series(None, values, invalid_count(rows, bounds).get(None, 0))]
     members = view.members(metric.name, group_by, start, end)
     chosen = [m for m, _ in members[:top]]
     rows = view.rows([metric.name], start, end, group_by, by_day)
     per_member = fold(rows, metric, bounds)
-    series = [Series(m, per_member.get(m, [_value(metric, None)] * periods)) for m in chosen]
+    invalid = invalid_count(rows, bounds)
+    series = [
+        Series(m, per_member.get(m, [_value(metric, None)] * periods), invalid.get(m, 0))
+        for m in chosen
+    ]
     rest = [r for r in rows if r[_MEMBER] not in chosen]
     if rest:
         totals = [(*r[:_DIMENSION], "", "", *r[_BUCKET:]) for r in rest]
         merged = fold(totals, metric, bounds)
-        series.append(Series("other", merged[None]))
+        series.append(Series("other", merged[None], invalid_count(totals, bounds).get(None, 0)))
     return series
 
 
+def invalid_count(rows: Sequence[Row], bounds: Sequence[int]) -> dict[str | None, int]:
+    """Per member (``None`` for totals), the events in the periods that a metric matched
+    but could not use."""
+    counts: dict[str | None, int] = {}
+    start, end = bounds[0], bounds[-1]
+    for row in rows:
+        if row[_INVALID] and start <= row[_BUCKET] < end:
+            member = row[_MEMBER] if row[_DIMENSION] else None
+            counts[member] = counts.get(member, 0) + row[_INVALID]
+    return counts
+
+
 def _total_values(
-    view: MerchantView,
-    definitions: Definitions,
-    metric: Metric,
-    bounds: Sequence[int],
-    by_day: bool,
+    rows: Sequence[Row], definitions: Definitions, metric: Metric, bounds: Sequence[int]
 ) -> list[Any]:
     periods = len(bounds) - 1
     names = definitions.dependencies(metric)
-    rows = view.rows(names, bounds[0], bounds[-1], "", by_day)
     if metric.stored:
         return fold(rows, metric, bounds).get(None, [_value(metric, None)] * periods)
     parts = {}

@@ -148,6 +148,15 @@ class Store(Protocol):
         across merchants, for diffs and drift checks; the query API never calls it."""
         ...
 
+    def invalid_totals(
+        self, version: int, start: int, end: int, sealed_through: int | None = None
+    ) -> dict[str, int]:
+        """Per metric, the events of every merchant that the metric matched but could not use
+        (the partials' ``invalid``) with buckets in ``[start, end)``: final rows before
+        ``sealed_through``, speed rows from there on. An operator's read across merchants,
+        cheap because only the rows that have some are indexed."""
+        ...
+
     def write(
         self,
         version: int,
@@ -377,6 +386,8 @@ def conform_partials(partials: pa.Table) -> pa.Table:
 
     Keys must be non-null and buckets on the 15-minute grid: the store trusts both.
     """
+    if "invalid" not in partials.column_names:  # partials made before the column existed
+        partials = partials.append_column("invalid", pa.repeat(0, partials.num_rows))
     names = set(partials.column_names)
     expected = set(PARTIAL_SCHEMA.names)
     if names != expected:
@@ -389,6 +400,10 @@ def conform_partials(partials: pa.Table) -> pa.Table:
     for name in KEY:
         if table[name].null_count:
             raise InvalidPartialsError(f"partials have a null {name}")
+    if table["invalid"].null_count:  # "none" is 0: it adds up
+        table = table.set_column(
+            PARTIAL_SCHEMA.get_field_index("invalid"), "invalid", pc.fill_null(table["invalid"], 0)
+        )
     bucket = table["bucket"]
     on_grid = pc.equal(pc.multiply(pc.divide(bucket, BUCKET_SECONDS), BUCKET_SECONDS), bucket)
     if table.num_rows and not pc.all(on_grid).as_py():

@@ -139,6 +139,22 @@ class MemoryStore:
         for key in sorted(cells):
             yield VersionTotal(*key, *cells[key])
 
+    def invalid_totals(
+        self, version: int, start: int, end: int, sealed_through: int | None = None
+    ) -> dict[str, int]:
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
+        totals: dict[str, int] = {}
+        with self._lock:
+            self._check_open()
+            layers = [(self._final, start, cut), (self._rollups, cut, end)]
+            tables = [(t, low, high) for source, low, high in layers
+                      for k, t in sorted(source.items()) if k[0] == version]  # fmt: skip
+        for table, low, high in tables:
+            for r in table.to_pylist():
+                if r["invalid"] and not r["dimension"] and low <= r["bucket"] < high:
+                    totals[r["metric"]] = totals.get(r["metric"], 0) + r["invalid"]
+        return totals
+
     def write(
         self,
         version: int,

@@ -90,7 +90,7 @@ INCOMING = f"""
     CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
         version bigint, merchant_id text COLLATE "C", metric text COLLATE "C",
         dimension text COLLATE "C", member text COLLATE "C", bucket bigint,
-        count bigint, sum bigint, min bigint, max bigint, sketch bytea,
+        count bigint, sum bigint, min bigint, max bigint, sketch bytea, invalid bigint,
         PRIMARY KEY ({KEY_COLUMNS})
     ) ON COMMIT DELETE ROWS
 """
@@ -109,7 +109,8 @@ def _upsert(table: str) -> str:
             sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),
             min = least({table}.min, excluded.min),
             max = greatest({table}.max, excluded.max),
-            sketch = coalesce(excluded.sketch, {table}.sketch)
+            sketch = coalesce(excluded.sketch, {table}.sketch),
+            invalid = {table}.invalid + excluded.invalid
     """
 
 

@@ -135,6 +135,23 @@ class PostgresVersions:
             ).fetchall()
         yield from join_totals(rows, sketches)
 
+    def invalid_totals(
+        self, version: int, start: int, end: int, sealed_through: int | None = None
+    ) -> dict[str, int]:
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
+        totals: dict[str, int] = {}
+        with self._connection() as db, db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            for table, low, high in (("final_rollups", start, cut), ("speed_rollups", cut, end)):
+                for metric, count in db.execute(
+                    f"SELECT metric, sum(invalid)::bigint FROM {table} WHERE version = %s"
+                    " AND bucket >= %s AND bucket < %s AND invalid > 0 AND dimension = ''"
+                    " GROUP BY metric",
+                    (version, low, high),
+                ).fetchall():
+                    totals[metric] = totals.get(metric, 0) + int(count)
+        return totals
+
     def drop_version(self, version: int) -> int:
         with self._connection() as db, db.transaction():
             serving = db.execute("SELECT version FROM serving_version FOR SHARE").fetchone()

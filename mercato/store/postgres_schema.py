@@ -133,6 +133,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (  # 2: events a metric matched but could not use (see mercato.metrics.kernel)
+        *(
+            f"ALTER TABLE {table} ADD COLUMN invalid bigint NOT NULL DEFAULT 0"
+            for table in ("speed_rollups", "final_rollups", "daily_rollups")
+        ),
+        # the few rows that have some, for totals across merchants
+        "CREATE INDEX speed_rollups_invalid ON speed_rollups (version, bucket) WHERE invalid > 0",
+        "CREATE INDEX final_rollups_invalid ON final_rollups (version, bucket) WHERE invalid > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -171,10 +171,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (  # 4: events a metric matched but could not use (see mercato.metrics.kernel)
+        *(
+            f"ALTER TABLE {table} ADD COLUMN invalid INTEGER NOT NULL DEFAULT 0"
+            for table in ("speed_rollups", "final_rollups", "daily_rollups")
+        ),
+        # the few rows that have some, for totals across merchants
+        "CREATE INDEX speed_rollups_invalid ON speed_rollups (version, bucket) WHERE invalid > 0",
+        "CREATE INDEX final_rollups_invalid ON final_rollups (version, bucket) WHERE invalid > 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 COLUMNS = ", ".join(PARTIAL_SCHEMA.names)
+WIDTH = len(PARTIAL_SCHEMA.names)
 DAY_COLUMNS = COLUMNS.replace("bucket", "day")
 
 
@@ -182,7 +192,7 @@ def _upsert(table: str) -> str:
     # NULL means "nothing yet": x + NULL is x, and min/max ignore NULL (SQLite's scalar
     # min()/max() return NULL if any argument is NULL, hence the coalesce).
     return f"""
-        INSERT INTO {table} (version, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO {table} (version, {COLUMNS}) VALUES ({", ".join("?" * (1 + WIDTH))})
         ON CONFLICT (version, merchant_id, metric, dimension, member, bucket) DO UPDATE SET
             count = coalesce({table}.count + excluded.count, {table}.count, excluded.count),
             sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),
@@ -192,7 +202,8 @@ def _upsert(table: str) -> str:
                 WHEN {table}.sketch IS NULL THEN excluded.sketch
                 WHEN excluded.sketch IS NULL THEN {table}.sketch
                 ELSE merge_sketches({table}.sketch, excluded.sketch)
-            END
+            END,
+            invalid = {table}.invalid + excluded.invalid
     """
 
 

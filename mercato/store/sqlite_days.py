@@ -22,7 +22,8 @@ from mercato.metrics.kernel import PARTIAL_SCHEMA
 from mercato.store.base import conform_day_partials, days_watermark, metric_names
 
 COLUMNS = ", ".join(name if name != "bucket" else "day" for name in PARTIAL_SCHEMA.names)
-INSERT_DAY = f"INSERT INTO daily_rollups (version, {COLUMNS}) VALUES ({', '.join('?' * 11)})"
+MARKS = ", ".join("?" * (1 + len(PARTIAL_SCHEMA.names)))
+INSERT_DAY = f"INSERT INTO daily_rollups (version, {COLUMNS}) VALUES ({MARKS})"
 
 
 class SqliteDays:

@@ -59,6 +59,29 @@ class SqliteVersions:
             ).fetchall()
         yield from join_totals(rows, sketches)
 
+    def invalid_totals(
+        self, version: int, start: int, end: int, sealed_through: int | None = None
+    ) -> dict[str, int]:
+        cut = start if sealed_through is None else min(max(sealed_through, start), end)
+        totals: dict[str, int] = {}
+        with self._connection() as db:
+            db.execute("BEGIN")  # both layers from one snapshot
+            try:
+                for table, low, high in (
+                    ("final_rollups", start, cut),
+                    ("speed_rollups", cut, end),
+                ):
+                    for metric, count in db.execute(
+                        f"SELECT metric, sum(invalid) FROM {table} WHERE version = ?"
+                        " AND bucket >= ? AND bucket < ? AND invalid > 0 AND dimension = ''"
+                        " GROUP BY metric",
+                        (version, low, high),
+                    ):
+                        totals[metric] = totals.get(metric, 0) + int(count)
+            finally:
+                db.execute("COMMIT")
+        return totals
+
     def drop_version(self, version: int) -> int:
         with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")

@@ -221,7 +221,9 @@ def test_min_max_where_operators_and_time_fields():
         by_metric[r["metric"]].append(r)
     assert by_metric["biggest"][0]["max"] == 500
     assert by_metric["smallest"][0]["min"] == 5
-    assert by_metric["biggest"][0]["count"] == 3  # non-integer amounts are skipped
+    assert by_metric["biggest"][0]["count"] == 3  # non-integer amounts are left out
+    assert by_metric["biggest"][0]["invalid"] == 2  # and counted as invalid: 1.5 and "7"
+    assert by_metric["gold"][0]["invalid"] == 0
     assert by_metric["gold"][0]["count"] == 2
     assert by_metric["not_gold"][0]["count"] == 3
     assert by_metric["some_tiers"][0]["count"] == 3
@@ -230,8 +232,11 @@ def test_min_max_where_operators_and_time_fields():
     assert by_metric["exactly_5"][0]["count"] == 1
     (arrival,) = by_metric["by_arrival"]
     assert arrival["bucket"] == bucket_of(at) + BUCKET_SECONDS  # 2 s later: the next bucket
-    (order_day,) = by_metric["by_order_day"]
+    order_day, unusable = sorted(by_metric["by_order_day"], key=lambda r: r["bucket"])
     assert order_day["bucket"] == bucket_of(datetime(2026, 3, 1, 4, 22, tzinfo=UTC))
+    assert (order_day["count"], order_day["invalid"]) == (1, 0)
+    # "yesterday" is no time: counted as invalid in the event's own bucket, not silently lost
+    assert (unusable["bucket"], unusable["count"], unusable["invalid"]) == (bucket_of(at), 0, 1)
     members = {r["member"]: r["count"] for r in by_metric["tiers"] if r["dimension"] == "tier"}
     assert members == {"gold": 2, "silver": 1, "bronze": 1, NONE_MEMBER: 1}
     assert [r["count"] for r in by_metric["tiers"] if r["dimension"] == ""] == [5]

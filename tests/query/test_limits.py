@@ -187,6 +187,7 @@ def busy_merchant(store: SqliteStore, version: int, merchant: str) -> None:
             "min": pa.nulls(len(rows), pa.int64()),
             "max": pa.nulls(len(rows), pa.int64()),
             "sketch": pa.nulls(len(rows), pa.binary()),
+            "invalid": [0] * len(rows),
         },
         schema=PARTIAL_SCHEMA,
     )
@@ -235,3 +236,14 @@ def _timed(server: ApiProcess, path: str, bearer: str) -> float:
     status, body = server.get(path, bearer)
     assert status == 200, body
     return time.perf_counter() - began
+
+
+def test_an_admin_body_is_bounded(api: InProcess) -> None:
+    async def post(body: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(app=api.api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await client.post("/v1/admin/tokens", content=body, headers=ADMIN_HEADERS)
+
+    huge = b'{"merchant_id": "' + b"m" * (1 << 20) + b'"}'
+    assert asyncio.run(post(huge)).status_code == 413
+    assert asyncio.run(post(b'{"merchant_id": "m_1"}')).status_code == 200

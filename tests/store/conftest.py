@@ -142,6 +142,7 @@ def row(
     min: int | None = None,
     max: int | None = None,
     sketch: bytes | None = None,
+    invalid: int = 0,
 ) -> dict[str, Any]:
     """One partial row as a dict, with the defaults of a plain count."""
     return {
@@ -155,6 +156,7 @@ def row(
         "min": min,
         "max": max,
         "sketch": sketch,
+        "invalid": invalid,
     }
 
 

@@ -797,3 +797,23 @@ def test_every_rollup_read_requires_a_merchant(backend: type) -> None:
         returns = str(inspect.signature(getattr(Store, name)).return_annotation)
         if name in rollup_reads or "Table" in returns:
             assert list(parameters)[1:3] == ["version", "merchant_id"], name
+
+
+def test_invalid_counts_add_up_and_total_across_merchants(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write(v, "agg", partials(row("m1", "revenue", bucket=0, count=2, sum=9, invalid=1)), {})
+    store.write(v, "agg", partials(row("m1", "revenue", bucket=0, count=0, invalid=2)), {})
+    store.write(v, "agg", partials(row("m2", "revenue", bucket=3600, count=1, sum=1)), {})
+    store.write(v, "agg", partials(row("m2", "orders", bucket=3600, count=1, invalid=4)), {})
+    # a dimension row repeats its total's events: not counted twice
+    store.write(v, "agg", partials(row("m2", "orders", "channel", "web", 3600, invalid=4)), {})
+    (stored,) = read_rows(store, v, "m1", ["revenue"])
+    assert (stored["count"], stored["sum"], stored["invalid"]) == (2, 9, 3)
+    assert store.invalid_totals(v, 0, 7200) == {"revenue": 3, "orders": 4}
+    assert store.invalid_totals(v, 900, 7200) == {"orders": 4}
+    # sealed: final rows before the watermark stand for their buckets, speed rows after
+    final = partials(row("m1", "revenue", bucket=0, count=3, sum=9, invalid=5))
+    store.write_sealed_hour(v, 0, final, "f", 8)
+    assert store.invalid_totals(v, 0, 7200, sealed_through=3600) == {"revenue": 5, "orders": 4}
+    assert store.invalid_totals(v + 1, 0, 7200) == {}

@@ -294,6 +294,11 @@ async function renderChart(metric, base, granularity, totals, mine) {
     return;
   }
   if (mine !== generation) return;
+  if (answer.invalid) {
+    const n = answer.invalid.toLocaleString("en-US");
+    notes.push(`${n} event${answer.invalid === 1 ? "" : "s"} in this range had a value this metric could not use and ${answer.invalid === 1 ? "is" : "are"} left out of it.`);
+    section.querySelector(".note").textContent = notes.join(" ");
+  }
   const xs = answer.periods.map((p) => Date.parse(p) / 1000);
   const colours = new Map();
   const lines = linesOf(answer, metric, false, colours);

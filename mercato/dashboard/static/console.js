@@ -38,6 +38,7 @@ async function loadPipeline() {
     ["Sealed (final) through", time(f.sealed_through), null],
     ["Drift, speed vs final", f.drift_ratio === null ? "not checked" : `${(f.drift_ratio * 100).toFixed(3)}%`, f.drift_checked_at],
     ["Serving version", data.serving_version ?? "none", null],
+    ["Values metrics could not use, 24 h", invalidSummary(data.invalid_values), null],
   ];
   $("freshness").replaceChildren(...tiles.map(([label, value, at]) =>
     el("article", { class: "kpi" }, el("h3", {}, label), el("p", { class: "value small" }, value),
@@ -52,6 +53,14 @@ async function loadPipeline() {
   $("lag").replaceChildren(data.partitions.length
     ? table("Lag (events behind the log's end) per partition and consumer", headers, [ends, ...rows])
     : el("p", { class: "muted" }, "No log on this machine: the API cannot see the log's offsets."));
+}
+
+// Events a metric matched but could not use (say an amount of "100"): a count per metric.
+function invalidSummary(counts) {
+  const entries = Object.entries(counts ?? {}).filter(([, n]) => n > 0);
+  if (!entries.length) return "none";
+  return entries.sort((a, b) => b[1] - a[1])
+    .map(([metric, n]) => `${metric}: ${n.toLocaleString("en-US")}`).join(", ");
 }
 
 // -- ingest ----------------------------------------------------------------------------------
