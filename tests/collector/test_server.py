@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -84,11 +85,12 @@ def test_revoked_key_is_refused_by_a_running_collector(collector_factory, tmp_pa
     c = collector_factory()
     assert c.post_events([event()])[0] == 200
     env = {**os.environ, "MERCATO_DATA_DIR": str(c.data_dir)}
+    mercato = [sys.executable, "-m", "mercato"]
     listed = subprocess.run(
-        ["mercato", "keys", "list"], env=env, capture_output=True, text=True, check=True
+        [*mercato, "keys", "list"], env=env, capture_output=True, text=True, check=True
     )
     key_id = next(word for word in listed.stdout.split() if word.startswith("wk_"))
-    subprocess.run(["mercato", "keys", "revoke", key_id], env=env, check=True, capture_output=True)
+    subprocess.run([*mercato, "keys", "revoke", key_id], env=env, check=True, capture_output=True)
     deadline = time.monotonic() + 5
     while c.post_events([event()])[0] == 200:
         assert time.monotonic() < deadline, "revoked key still accepted after 5 s"
