@@ -1,11 +1,14 @@
-"""Fixtures shared by the suite: real collector server processes on loopback, and an
-S3-compatible object store (moto's server) for ``s3://`` archive roots."""
+"""Fixtures shared by the suite: real collector server processes on loopback, a small disk to
+fill (a tmpfs), and an S3-compatible object store (moto's server) for ``s3://`` archive
+roots."""
 
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +122,61 @@ def collector_factory(tmp_path: Path) -> Iterator[CollectorFactory]:
     factory = CollectorFactory(tmp_path / "data", tmp_path)
     yield factory
     factory.kill_all()
+
+
+class SmallDisk:
+    """A 3 MB tmpfs at ``path``, for what a full disk does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte left."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65_536)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        """Give the space back."""
+        self.filler.unlink()
+
+
+def mount_small_disk(path: Path) -> str | None:
+    """Mount a 3 MB tmpfs at ``path``; why it cannot be, or None."""
+    if os.geteuid() != 0:
+        return "needs root to mount a small tmpfs"
+    if shutil.which("mount") is None:
+        return "no mount command"
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return f"cannot mount tmpfs here: {result.stderr.strip()}"
+    return None
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 3 MB tmpfs mounted for the test (it needs root: skipped with the reason otherwise)."""
+    mountpoint = tmp_path / "small-disk"
+    reason = mount_small_disk(mountpoint)
+    if reason:
+        pytest.skip(reason)
+    try:
+        yield SmallDisk(mountpoint)
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 class S3Server:

@@ -82,6 +82,25 @@ def test_keys_create_list_revoke(tmp_path):
     assert "Traceback" not in unknown.stderr
 
 
+def test_keys_on_a_full_disk_are_one_line_and_leave_the_keys_as_they_were(small_disk):
+    data = small_disk.path / "data"
+    created = mercato("keys", "create", "--source", "shop", data_dir=data)
+    assert created.returncode == 0, created.stderr
+    before = (data / "keys.json").read_bytes()
+    key_id = msgspec.json.decode(before)["keys"][0]["id"]
+    small_disk.fill()
+    for command in (["create", "--source", "web"], ["revoke", key_id]):
+        full = mercato("keys", *command, data_dir=data)
+        assert full.returncode == 1, full.stdout
+        assert full.stderr.startswith("error: cannot save write keys to "), full.stderr
+        assert "No space left on device" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert len(full.stderr.strip().splitlines()) == 1
+        assert "key " not in full.stdout  # no key shown that was never stored
+    assert (data / "keys.json").read_bytes() == before
+    assert not (data / "keys.tmp").exists()  # no partial copy left to take the space
+
+
 def fill_log(data_dir: Path, count: int) -> None:
     config = load_config(env={"MERCATO_DATA_DIR": str(data_dir)})
     with open_log(config) as log:

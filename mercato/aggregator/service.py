@@ -17,7 +17,7 @@ from mercato.log import open_log
 from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
 from mercato.log.errors import PERMANENT, LogError
-from mercato.metrics.definitions import load_definitions
+from mercato.metrics.definitions import Definitions, load_definitions
 from mercato.store import describe_store, open_store
 from mercato.store.base import Store
 from mercato.store.errors import StoreUnavailableError, StoreWriteError
@@ -32,7 +32,9 @@ def serve(config: Config, *, announce: bool = True) -> None:
     """Aggregate until SIGINT or SIGTERM; the batch in progress is finished first.
 
     The aggregator runs the *serving* definitions version (the configured definitions start
-    serving when none does yet), and switches when a promote or rollback changes it.
+    serving when none does yet), and switches when a promote or rollback changes it. A store
+    that cannot be opened or written when starting (its disk full, say) is tried again after
+    a growing pause, as the running loop does.
     """
     settings = config.aggregator
     configured = load_definitions(settings.definitions or None)
@@ -41,6 +43,7 @@ def serve(config: Config, *, announce: bool = True) -> None:
         signal.signal(sig, lambda *_: stop.set())
     log = open_log(config)
     assignment: Assignment | None = None
+    failures = 0
     try:
         assignment = open_assignment(
             log,
@@ -49,32 +52,49 @@ def serve(config: Config, *, announce: bool = True) -> None:
             settings.kafka_group,
             settings.kafka_session_timeout_ms,
         )
-        with open_store(config) as store:
-            version, definitions = serving(store, configured)
-            if definitions.version != configured.version:
-                logger.warning(
-                    "the configured definitions (%s) are not the serving version %d (%s): "
-                    "serving wins; change definitions with `mercato reprocess` and "
-                    "`mercato promote`",
-                    configured.version,
-                    version,
-                    definitions.version,
-                )
-            while not stop.is_set():
-                aggregator = _aggregator(config, log, store, version, assignment.owned())
-                if announce:
-                    print(
-                        f"mercato aggregator: {assignment.description}, definitions "
-                        f"{aggregator.definitions.version} (version {aggregator.version}), "
-                        f"store {describe_store(config)}",
-                        flush=True,
-                    )
-                    announce = False
-                version = _run(aggregator, assignment, stop, settings.idle_sleep_ms / 1000)
+        while not stop.is_set():
+            try:
+                with open_store(config) as store:
+                    version = _serving(store, configured)
+                    while not stop.is_set():
+                        aggregator = _aggregator(config, log, store, version, assignment.owned())
+                        if announce:
+                            print(
+                                f"mercato aggregator: {assignment.description}, definitions "
+                                f"{aggregator.definitions.version} (version "
+                                f"{aggregator.version}), store {describe_store(config)}",
+                                flush=True,
+                            )
+                            announce = False
+                        if failures:
+                            logger.info("started after %d failures", failures)
+                            failures = 0
+                        version = _run(aggregator, assignment, stop, settings.idle_sleep_ms / 1000)
+            except (LogError, StoreWriteError, StoreUnavailableError) as exc:
+                if isinstance(exc, PERMANENT):
+                    raise
+                failures += 1
+                wait = retry_pause(failures)
+                logger.warning("cannot start: %s; trying again in %.1f s (failure %d)",
+                               exc, wait, failures)  # fmt: skip
+                stop.wait(wait)
     finally:
         if assignment is not None:
             assignment.close()
         log.close()
+
+
+def _serving(store: Store, configured: Definitions) -> int:
+    version, definitions = serving(store, configured)
+    if definitions.version != configured.version:
+        logger.warning(
+            "the configured definitions (%s) are not the serving version %d (%s): "
+            "serving wins; change definitions with `mercato reprocess` and `mercato promote`",
+            configured.version,
+            version,
+            definitions.version,
+        )
+    return version
 
 
 def _aggregator(

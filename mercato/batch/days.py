@@ -9,6 +9,12 @@ the bucket column. Local midnights fall on 15-minute UTC boundaries in every IAN
 :mod:`mercato.query.periods`), so a day is an exact union of buckets. The merchant's
 ``days_through`` watermark says up to where its days are derived; a merchant whose zone
 changed (watermark 0) has every day derived again.
+
+The watermark only ever moves to X once every local day of the merchant before X is derived
+from the current final rows: a merchant's days are derived from its watermark (with none
+yet, from its first final row) up to the last day a seal touched, never just the touched
+ones. A version's first ``sealed_through`` (a promote after a range reprocess, which seals
+hours without one) derives every merchant's days.
 """
 
 from __future__ import annotations
@@ -39,15 +45,20 @@ def derive_days(
     """Derive local days after a seal; return the days written.
 
     Days are derived for: every merchant with final rows in the sealed ``hours`` (the days
-    those hours touch); when the watermark moved from ``previous_through``, every merchant
-    with final rows in the 26 hours before it (their days may have just become complete,
-    even with no events in the hours sealed now); and every merchant whose zone changed.
+    those hours touch, and every day between its ``days_through`` watermark and them); when
+    the watermark moved from ``previous_through``, every merchant with final rows in the 26
+    hours before it (their days may have just become complete, even with no events in the
+    hours sealed now); every merchant whose zone changed; and, when the version had no
+    watermark before (``previous_through`` None), every merchant with final rows.
     """
     touched: dict[str, set[int]] = {}
     for hour in sorted(set(hours)):
         for merchant in store.final_merchants(version, hour, hour + HOUR):
             touched.setdefault(merchant, set()).add(hour)
-    if previous_through is not None and sealed_through > previous_through:
+    if previous_through is None:  # final rows a range reprocess sealed have no days yet
+        for merchant in store.final_merchants(version, 0, sealed_through):
+            touched[merchant] = set()
+    elif sealed_through > previous_through:
         low = previous_through - 26 * HOUR  # a local day is at most 25 hours long
         window = set(range(low - low % HOUR, sealed_through, HOUR))
         for merchant in store.final_merchants(version, low, sealed_through):
@@ -72,19 +83,21 @@ def _derive_merchant(
     zone = ZoneInfo(store.merchant_timezone(merchant) or "UTC")
     names = [m.name for m in definitions.stored]
     dimensions = sorted({d for m in definitions.stored for d in m.dimensions})
-    if not hours:  # every day: from the merchant's first final row
+    current = store.watermark(days_watermark(merchant), version) or 0
+    if not hours or not current:  # every day: from the merchant's first final row
         first = store.read(version, merchant, names, 0, sealed_through, TOTAL, sealed_through)
-        if first.num_rows == 0:
-            store.replace_days(version, merchant, 0, 0, empty_partials(), sealed_through)
+        if first.num_rows == 0:  # no day before the one sealed_through is in holds anything
+            through = int(local_midnight(_local_date(sealed_through, zone), zone).timestamp())
+            store.replace_days(version, merchant, 0, 0, empty_partials(), max(current, through))
             return 0
         start_day = _local_date(min(first["bucket"].to_pylist()), zone)
         end_day = _local_date(sealed_through - 1, zone)
-        days = [start_day + timedelta(days=i) for i in range((end_day - start_day).days + 1)]
     else:
         touched = sorted({_local_date(t, zone) for h in hours for t in (h, h + HOUR - 1)})
-        # every day from the first to the last touched: the rows are read as one range
-        span = (touched[-1] - touched[0]).days + 1
-        days = [touched[0] + timedelta(days=i) for i in range(span)]
+        # from the watermark's day if it is behind (days before it are derived, none after
+        # it may be skipped) to the last day touched: the rows are read as one range
+        start_day, end_day = min(touched[0], _local_date(current, zone)), touched[-1]
+    days = [start_day + timedelta(days=i) for i in range((end_day - start_day).days + 1)]
     starts = [int(local_midnight(d, zone).timestamp()) for d in days]
     ends = [int(local_midnight(d + timedelta(days=1), zone).timestamp()) for d in days]
     complete = [i for i, end in enumerate(ends) if end <= sealed_through]
@@ -103,7 +116,6 @@ def _derive_merchant(
         rows.schema.get_field_index("bucket"), "bucket", pa.array(day_of, pa.int64())
     )
     merged = merge([rows]) if rows.num_rows else empty_partials()
-    current = store.watermark(days_watermark(merchant), version) or 0
     store.replace_days(version, merchant, start, end, merged, max(current, end))
     return len(starts)
 

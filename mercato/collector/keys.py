@@ -7,6 +7,7 @@ changes; running collectors notice changes (new and revoked keys) within a secon
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -117,15 +118,30 @@ class KeyStore:
 
     @contextmanager
     def _locked(self) -> Iterator[KeyFile]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a+b") as lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_suffix(".lock"), "a+b")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise self._cannot_write(exc) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self._read()
             yield data
-            tmp = self.path.with_suffix(".tmp")
+            self._write(data)
+            self._checked_at = 0.0
+
+    def _write(self, data: KeyFile) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
             with open(tmp, "wb") as out:
                 out.write(msgspec.json.format(msgspec.json.encode(data)))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
-            self._checked_at = 0.0
+        except OSError as exc:  # a full disk, say: the keys file is as it was
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise self._cannot_write(exc) from None
+
+    def _cannot_write(self, exc: OSError) -> KeyStoreError:
+        return KeyStoreError(f"cannot save write keys to {self.path}: {exc.strerror or exc}")

@@ -64,9 +64,14 @@ def describe(exc: KafkaException) -> str:
 
 def topic_partitions(client: Any, config: LogConfig) -> dict[int, Any]:
     """The partitions' metadata of ``[log] kafka_topic``; fails unless it has
-    ``[log] partitions`` partitions. ``client`` is any confluent-kafka client."""
+    ``[log] partitions`` partitions. ``client`` is any confluent-kafka client.
+
+    The metadata asked for is every topic's: a broker that creates topics on demand (Apache
+    Kafka's default ``auto.create.topics.enable``) answers a request naming a missing topic
+    by creating it with its default partition count, which a request for all never does.
+    """
     try:
-        metadata = client.list_topics(config.kafka_topic, timeout=TIMEOUT_SECONDS)
+        metadata = client.list_topics(timeout=TIMEOUT_SECONDS)
     except KafkaException as exc:
         raise LogError(f"kafka at {config.kafka_bootstrap_servers}: {describe(exc)}") from None
     topic = metadata.topics.get(config.kafka_topic)
@@ -83,10 +88,15 @@ def topic_partitions(client: Any, config: LogConfig) -> dict[int, Any]:
     return partitions
 
 
-def create_topic(config: LogConfig, replication_factor: int | None = None) -> bool:
+def create_topic(
+    config: LogConfig, replication_factor: int | None = None, admin: AdminClient | None = None
+) -> bool:
     """Create the topic with ``[log] partitions`` partitions; False if it exists already
-    (with the right partition count, or this fails)."""
-    admin = _client(AdminClient, client_settings(config))
+    (with the right partition count, or this fails). ``admin``: the client to ask (default:
+    one on the configured brokers)."""
+    if admin is None:  # a producer-type client, which librdkafka lets ask for auto-creation
+        settings = client_settings(config, **{"allow.auto.create.topics": False})
+        admin = _client(AdminClient, settings)
     try:
         topic_partitions(admin, config)
         return False

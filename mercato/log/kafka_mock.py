@@ -95,6 +95,15 @@ class MockKafkaCluster:
         )
         self._check(code, f"create topic {topic}")
 
+    def set_controller(self, broker: int) -> None:
+        """Name ``broker`` the controller in metadata answers (the mock names none, so admin
+        requests wait for one until they time out; it serves no CreateTopics either way)."""
+        function = getattr(self._lib, "rd_kafka_mock_set_controller_id", None)
+        if function is None:
+            raise LogError("this librdkafka's mock cluster cannot name a controller")
+        function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_int32], None
+        function(self._cluster, broker)
+
     def broker_down(self, broker: int) -> None:
         """Disconnect broker ``broker`` (ids start at 1) and refuse connections to it."""
         self._check(self._lib.rd_kafka_mock_broker_set_down(self._cluster, broker), "broker down")

@@ -7,7 +7,7 @@
         ├── StoreClosedError        the store was used after ``close()``
         ├── StoreSchemaError        the database is not a Mercato store, or newer than this code
         ├── StoreWriteError         a write did not land; none of it did (rows nor offsets)
-        ├── StoreUnavailableError   the store cannot be reached now (connection refused or lost)
+        ├── StoreUnavailableError   the store cannot be reached now (connection lost, disk full)
         ├── OffsetConflictError     a write's expected offsets are not the stored ones (fenced)
         ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
         ├── UnknownVersionError     no definitions version has that id
@@ -50,7 +50,7 @@ class OffsetConflictError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The store could not be reached (a connection refused or lost, no free connection in
-    time); the same call may succeed later."""
+    time, an SQLite file whose disk is full or failing); the same call may succeed later."""
 
 
 class InvalidPartialsError(StoreError):

@@ -21,6 +21,7 @@ of :data:`MIGRATIONS` applied; a database newer than this code is refused.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import sqlite3
 import threading
@@ -51,6 +52,7 @@ from mercato.store.errors import (
     StoreClosedError,
     StoreError,
     StoreSchemaError,
+    StoreUnavailableError,
     StoreWriteError,
     UnknownVersionError,
 )
@@ -236,7 +238,12 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EIO)
+            error = StoreUnavailableError if full else StoreError
+            raise error(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         connection = self._connect()
         try:
             self._prepare(connection)
@@ -567,7 +574,7 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
             db.close()
             if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
                 raise StoreSchemaError(f"{self.path} is not an SQLite database") from exc
-            raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
+            raise _error(exc, StoreError)(f"cannot open the store {self.path}: {exc}") from exc
         db.create_function("merge_sketches", 2, _merge_two, deterministic=True)
         return db
 
@@ -587,7 +594,8 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
-            raise StoreSchemaError(f"cannot use {self.path} as a Mercato store: {exc}") from exc
+            error = _error(exc, StoreSchemaError)
+            raise error(f"cannot use {self.path} as a Mercato store: {exc}") from exc
 
     def _check_schema(self, db: sqlite3.Connection) -> int:
         current = int(db.execute("PRAGMA user_version").fetchone()[0])
@@ -611,7 +619,7 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
         try:
             yield db
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: {exc}") from exc
+            raise _error(exc, StoreError)(f"store {self.path}: {exc}") from exc
         finally:
             if db.in_transaction:  # only if interrupted between BEGIN and COMMIT/ROLLBACK
                 db.rollback()
@@ -621,6 +629,15 @@ class SqliteStore(SqliteJobs, SqliteVersions, SqliteDays):
                     self._idle.append(db)
             if not keep:
                 db.close()
+
+
+def _error(exc: sqlite3.Error, otherwise: type[StoreError]) -> type[StoreError]:
+    """What an SQLite error is: a disk that is full or failing makes the store unavailable
+    (the same call may succeed later: a service waits and tries again), else ``otherwise``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return StoreUnavailableError
+    return otherwise
 
 
 def _offsets(db: sqlite3.Connection, consumer: str) -> dict[int, int]:

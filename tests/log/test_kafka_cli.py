@@ -1,9 +1,10 @@
 """``mercato kafka create-topics|check`` and ``mercato log stats`` on the Kafka log, run as
 real processes against the mock cluster of this test process.
 
-The mock cluster answers no controller in its metadata, so AdminClient's CreateTopics cannot
-run against it: creating a topic that does not exist yet is not tested here (only the
-"already exists" path, which reads metadata as against a real cluster)."""
+The mock cluster creates a topic that a metadata request names (as Apache Kafka does by
+default), but serves no CreateTopics: creating a missing topic goes through a real
+AdminClient whose CreateTopics the test performs with the mock's own call, and the command
+itself is run to the point where the broker refuses the request."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import Future
 from pathlib import Path
 
 import msgspec
 import pytest
 from click.testing import CliRunner
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from mercato.cli import cli
 from mercato.config import Config, LogConfig
@@ -26,6 +29,7 @@ from mercato.log import open_log
 from mercato.log.base import LogReader, Record
 from mercato.log.errors import LogError
 from mercato.log.kafka import KafkaLog
+from mercato.log.kafka_admin import check_topic, client_settings, create_topic
 from mercato.log.kafka_mock import MockKafkaCluster
 
 from .conftest import kafka_config
@@ -81,6 +85,66 @@ def test_create_topics_is_safe_to_repeat(kafka_cluster: MockKafkaCluster) -> Non
     result = mercato(config, "kafka", "create-topics")
     assert result.returncode == 0, result.stderr
     assert f"kafka topic {config.kafka_topic} already exists (4 partitions)" in result.stdout
+
+
+class MockCreatingAdmin(AdminClient):  # type: ignore[misc]
+    """A real AdminClient (metadata from the brokers) whose CreateTopics, which the mock
+    cluster does not serve, creates the topic through the mock's own call."""
+
+    def __init__(self, cluster: MockKafkaCluster, settings: dict[str, object]) -> None:
+        super().__init__(settings)
+        self.cluster = cluster
+
+    def create_topics(self, new_topics: list[NewTopic], **_: object) -> dict[str, Future[None]]:
+        futures: dict[str, Future[None]] = {}
+        for new in new_topics:
+            self.cluster.create_topic(new.topic, new.num_partitions, new.replication_factor)
+            futures[new.topic] = Future()
+            futures[new.topic].set_result(None)
+        return futures
+
+
+def topics(cluster: MockKafkaCluster) -> dict[str, int]:
+    """Every topic of the cluster and its partition count (a request that creates none)."""
+    admin = AdminClient({"bootstrap.servers": cluster.bootstraps})
+    return {name: len(t.partitions) for name, t in admin.list_topics(timeout=10).topics.items()}
+
+
+def test_the_mock_cluster_creates_a_topic_a_metadata_request_names(
+    kafka_cluster: MockKafkaCluster,
+) -> None:  # what the tests below guard against: a broker's default-sized topic
+    admin = AdminClient({"bootstrap.servers": kafka_cluster.bootstraps})
+    named = admin.list_topics("asked-for-by-name", timeout=10).topics["asked-for-by-name"]
+    assert named.error is None
+    assert topics(kafka_cluster)["asked-for-by-name"] == len(named.partitions) == 4
+
+
+def test_create_topics_creates_a_missing_topic_of_the_configured_size(
+    kafka_cluster: MockKafkaCluster,
+) -> None:
+    config = LogConfig(backend="kafka", partitions=6, kafka_topic="made-by-mercato",
+                       kafka_bootstrap_servers=kafka_cluster.bootstraps)  # fmt: skip
+    # default settings: the check itself must not be a request that creates the topic
+    admin = MockCreatingAdmin(kafka_cluster, client_settings(config))
+    assert create_topic(config, admin=admin) is True
+    assert topics(kafka_cluster)["made-by-mercato"] == 6
+    assert [h.partition for h in check_topic(config)] == list(range(6))
+    assert create_topic(config, admin=admin) is False  # safe to repeat
+    with KafkaLog(config) as log:
+        assert log.partitions == 6
+
+
+def test_create_topics_never_leaves_a_default_sized_topic_behind() -> None:
+    with MockKafkaCluster(brokers=1) as cluster:
+        cluster.set_controller(1)  # else the request waits for a controller until timing out
+        config = LogConfig(backend="kafka", partitions=6, kafka_topic="wanted",
+                           kafka_bootstrap_servers=cluster.bootstraps)  # fmt: skip
+        result = mercato(config, "kafka", "create-topics")
+        assert result.returncode == 1  # the mock serves no CreateTopics...
+        assert result.stderr.startswith("error: cannot create kafka topic 'wanted': ")
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "wanted" not in topics(cluster)  # ...and nothing created it behind our back
 
 
 def test_a_missing_topic_or_another_partition_count_is_one_line(
