@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from mercato.collector.errors import QuarantineError
 from mercato.events.errors import Reason
+from mercato.events.model import TEXT_LENGTH
 from mercato.events.rules import EventRules
 from mercato.events.segment import Rejection, SegmentBatch, normalize_segment
 from mercato.log.base import Log, Position, Record
@@ -293,8 +295,9 @@ class Quarantine:
 
     # -- acting on entries --------------------------------------------------------------------
 
-    def purge(self, ids: Sequence[int], *, clock: Callable[[], datetime] = utc_now) -> None:
-        """Close the entries ``ids`` without replaying them."""
+    def purge(self, ids: Sequence[int] | None, *, clock: Callable[[], datetime] = utc_now) -> None:
+        """Close the open entries ``ids`` (all if None) without replaying them."""
+        ids = self.state().open_ids(ids)
         at = clock()
         for chunk in _chunks(list(ids), REPLAY_CHUNK):
             records = [
@@ -304,21 +307,26 @@ class Quarantine:
 
     def replay(
         self,
-        ids: Sequence[int],
+        ids: Sequence[int] | None,
         log: Log,
         rules: EventRules,
         *,
         merchant_id: str | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> ReplayReport:
-        """Validate the entries ``ids`` again with ``rules``; append the events that now pass
-        to ``log`` (durably), then close their entries; record the new reason of the others.
+        """Validate the open entries ``ids`` (all if None) again with ``rules``; append the
+        events that now pass to ``log`` (durably), then close their entries; record the new
+        reason of the others.
 
         ``merchant_id`` sets the merchant of every replayed event, whatever its message says.
         """
+        if merchant_id is not None and not 0 < len(merchant_id) <= TEXT_LENGTH:
+            raise QuarantineError(
+                f"a merchant id has 1 to {TEXT_LENGTH} characters, not {len(merchant_id)}"
+            )
         state = self.state()
         report = ReplayReport()
-        for chunk in _chunks(sorted(ids), REPLAY_CHUNK):
+        for chunk in _chunks(state.open_ids(ids), REPLAY_CHUNK):
             texts = self.messages(chunk)
             events: list[Record] = []
             outcomes: list[Record] = []
@@ -401,6 +409,18 @@ class QuarantineState:
                         del self.headers[header.entry]
                         self.attempts.pop(header.entry, None)
                 self.position = offset + 1
+
+    def open_ids(self, ids: Iterable[int] | None) -> list[int]:
+        """``ids`` (every open entry if None) in order, checked to be open entries."""
+        if ids is None:
+            return sorted(self.headers)
+        missing = sorted(set(ids) - self.headers.keys())
+        if missing:
+            raise QuarantineError(
+                f"no open quarantine entry {', '.join(map(str, missing))} (replayed or purged "
+                "already, or never quarantined; see `mercato quarantine list`)"
+            )
+        return sorted(set(ids))
 
     def entries(self, ids: Iterable[int] | None = None) -> list[Entry]:
         """The open entries (or those of ``ids`` that are open), oldest first."""
