@@ -355,7 +355,10 @@ class Quarantine:
                         entry=entry_id, action="retried", at=at, reason=error.reason,
                         code=error.code, error=error.message, field=error.field,
                     )  # fmt: skip
-                    report.still_invalid.append(_entry(entry_id, _retried(header, resolved), 0, at))
+                    tries = state.attempts.get(entry_id, (0, at))[0] + 1
+                    report.still_invalid.append(
+                        _entry(entry_id, _retried(header, resolved), tries, at)
+                    )
                 outcomes.append(Record(KEY, encode(resolved)))
             if events:
                 log.append(events)  # durable before the entries close

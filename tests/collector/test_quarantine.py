@@ -167,7 +167,7 @@ def test_a_message_still_invalid_for_another_reason_keeps_the_new_one(make_quara
     assert entry.reason == "merchant_id"  # found first
     report = quarantine.replay(None, MemoryLog(1), FIXED)
     (still,) = report.still_invalid
-    assert (still.reason, still.field) == ("too_large", None)
+    assert (still.reason, still.field, still.attempts) == ("too_large", None, 1)
     (entry,) = quarantine.state().entries()
     assert (entry.reason, entry.code, entry.attempts) == ("too_large", "event_too_large", 1)
 
