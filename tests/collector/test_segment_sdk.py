@@ -16,12 +16,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from segment import analytics  # the test extra's segment-analytics-python
 
 from tests.collector.test_server import stored_events
 
 pytestmark = pytest.mark.slow
-
-analytics = pytest.importorskip("segment.analytics", reason="the test extra has the Segment SDK")
 
 
 def mercato(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
