@@ -459,3 +459,29 @@ def summary(quarantine: Quarantine, state: QuarantineState, limit: int) -> dict[
             for entry in reversed(state.entries(newest))
         ],
     }
+
+
+class QuarantineView:
+    """The quarantine as the operator console reads it: opened on first use if it exists
+    (the API never creates one), folded incrementally between polls."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._quarantine = Quarantine(self._open)
+        self._state = QuarantineState()
+
+    def _open(self) -> Log:
+        log = open_quarantine_log(self._config, create=False)
+        if log is None:
+            raise LogError(f"no quarantine at {quarantine_path(self._config)} yet")
+        return log
+
+    def summary(self, limit: int) -> dict[str, Any]:
+        """:func:`summary`, plus whether there is a quarantine (and if not, why)."""
+        try:
+            return {"exists": True, **summary(self._quarantine, self._state, limit)}
+        except LogError as exc:
+            return {"exists": False, "error": str(exc), "total": 0, "by_reason": {}, "latest": []}
+
+    def close(self) -> None:
+        self._quarantine.close()
