@@ -11,20 +11,20 @@ code and the payload objects are passed through as the raw JSON the client sent.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
 from mercato.events.errors import InvalidEventError
 from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Text
-from mercato.events.nesting import split
+from mercato.events.nesting import deeper_than, split
 from mercato.events.rules import (
     EventRules,
-    check_depth,
     event_time,
     id_prefix,
     invalid_from_msgspec,
     nested_too_deeply,
+    too_deep,
     too_large,
 )
 from mercato.log.base import Record
@@ -87,7 +87,10 @@ def normalize_native(
 ) -> list[Record]:
     """The log records for ``events``, or an error for the first unacceptable one."""
     window = rules.window(received_at)
+    earliest, latest = window
     max_bytes, max_depth = rules.max_event_bytes, rules.max_depth
+    # A payload nests at most half its length deep: only long ones need measuring.
+    short = 2 * max_depth
     prefix = id_prefix()
     context_end = len(_encode(source)) + 3  # from the end: "}" of the context
     records: list[Record] = []
@@ -95,27 +98,44 @@ def normalize_native(
     for i, event in enumerate(events):
         original = event.timestamp
         sent_at = event.sent_at
+        # the usual cases inline; event_time() for the rest, and for the error
+        time: datetime | None = None
+        if sent_at is None:
+            if original.tzinfo is UTC:
+                time = original
+        else:
+            try:
+                time = received_at - (sent_at - original)
+            except OverflowError:  # a contextlib.suppress costs a fifth of the loop
+                time = None
+        if time is None or not earliest <= time <= latest:
+            time = event_time(original, sent_at, received_at, window, i, "timestamp")
+        properties, context = event.properties, event.context
+        if (len(properties) >= short or len(context) >= short) and (
+            deeper_than(bytes(properties), max_depth - 1)
+            or deeper_than(bytes(context), max_depth - 1)
+        ):
+            raise too_deep(i, max_depth)
         value = _encode(
             OutgoingEvent(
                 event.event_id or f"{prefix}{i:04x}",
                 event.merchant_id,
                 event.type,
-                event_time(original, sent_at, received_at, window, i, "timestamp"),
+                time,
                 original,
                 sent_at,
                 received_at,
-                event.properties,
-                event.context,
+                properties,
+                context,
                 source,
             )
         )
         if value[-context_end] != _CLOSE:
             raise _not_an_object(i, "context")
-        if value[-context_end - len(event.context) - 1] != _CLOSE:
+        if value[-context_end - len(context) - 1] != _CLOSE:
             raise _not_an_object(i, "properties")
         if len(value) > max_bytes:
             raise too_large(i, len(value), max_bytes)
-        check_depth(value, max_depth, i)
         append(Record(event.merchant_id, value))
     return records
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from mercato.events.errors import EventTooLargeError, InvalidEventError, Reason
-from mercato.events.model import TEXT_LENGTH, Text
+from mercato.events.model import TEXT_LENGTH
 from mercato.events.nesting import deeper_than
 
 if TYPE_CHECKING:
@@ -82,17 +82,16 @@ def event_time(
 
 def check_merchant_id(value: str, index: int, field: str) -> str:
     """``value`` if it is a merchant id the native endpoint would accept (:data:`Text`: 1 to
-    256 characters), else an error naming the event and ``field``."""
-    try:
-        return msgspec.convert(value, Text)
-    except msgspec.ValidationError:
-        raise InvalidEventError(
-            f"event {index}: {field}: a merchant id has 1 to {TEXT_LENGTH} characters, "
-            f"not {len(value)}",
-            index,
-            field,
-            reason="merchant_id",
-        ) from None
+    :data:`TEXT_LENGTH` characters), else an error naming the event and ``field``."""
+    if 0 < len(value) <= TEXT_LENGTH:  # Text's rule; msgspec.convert would cost 3x
+        return value
+    raise InvalidEventError(
+        f"event {index}: {field}: a merchant id has 1 to {TEXT_LENGTH} characters, "
+        f"not {len(value)}",
+        index,
+        field,
+        reason="merchant_id",
+    )
 
 
 def too_deep(index: int, limit: int, field: str | None = None) -> InvalidEventError:

@@ -235,18 +235,19 @@ def normalize_segment(
     rejections: list[Rejection] = []
     for n, text in enumerate(batch.messages):
         i = first_index + n
-        default_id = event_ids[n] if event_ids is not None else f"{prefix}{i:04x}"
+        default_id = event_ids[n] if event_ids is not None else None
         try:
             message = _decode_message(text, i, rules.max_depth)
             if batch.call is not None:
                 message.type = batch.call  # type: ignore[assignment]
             record = _normalize(
                 message, i, batch, context, received_at, window, source, rules, merchant_id,
-                message.messageId or default_id,
+                message.messageId or default_id or f"{prefix}{i:04x}",
             )  # fmt: skip
         except EventError as exc:
             given = _identity_of(text).messageId
-            event_id = given if isinstance(given, str) and given else default_id
+            event_id = given if isinstance(given, str) and given else None
+            event_id = event_id or default_id or f"{prefix}{i:04x}"
             rejections.append(Rejection(i, exc, bytes(text), event_id))
             continue
         records.append(record)
@@ -332,6 +333,9 @@ def _event_type(message: SegmentMessage, index: int) -> str:
     return message.event
 
 
+_ID_ROOTS = frozenset({"userId", "anonymousId", "groupId"})
+
+
 def _merchant_id(
     message: SegmentMessage,
     properties: dict[str, Any],
@@ -339,19 +343,20 @@ def _merchant_id(
     paths: tuple[str, ...],
     index: int,
 ) -> str:
-    roots: dict[str, Any] = {
-        "properties": properties,
-        "traits": message.traits,
-        "context": context,
-        "userId": message.userId,
-        "anonymousId": message.anonymousId,
-        "groupId": message.groupId,
-    }
     for path in paths:
-        head, *rest = path.split(".")
-        value = roots.get(head)
-        for part in rest:
-            value = value.get(part) if isinstance(value, dict) else None
+        head, _, rest = path.partition(".")
+        value: Any
+        if head == "properties":
+            value = properties
+        elif head == "context":
+            value = context
+        elif head == "traits":
+            value = message.traits
+        else:
+            value = getattr(message, head) if head in _ID_ROOTS else None
+        if rest:
+            for part in rest.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
             return check_merchant_id(str(value), index, path)
     raise InvalidEventError(
