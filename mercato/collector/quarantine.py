@@ -48,6 +48,7 @@ from mercato.events.rules import EventRules
 from mercato.events.segment import Rejection, SegmentBatch, normalize_segment
 from mercato.log.base import Log, Position, Record
 from mercato.log.errors import LogError
+from mercato.log.file import FileLog
 
 if TYPE_CHECKING:
     from mercato.config import Config, LogConfig
@@ -188,8 +189,6 @@ def open_quarantine_log(config: Config, *, create: bool = True) -> Log | None:
                     "`mercato quarantine create-topic`"
                 ) from None
             raise
-    from mercato.log.file import FileLog  # noqa: PLC0415 (file.py imports the config)
-
     path = quarantine_path(config)
     if not create and not (path / "meta.json").exists():
         return None
@@ -328,6 +327,9 @@ class Quarantine:
         report = ReplayReport()
         for chunk in _chunks(state.open_ids(ids), REPLAY_CHUNK):
             texts = self.messages(chunk)
+            if len(texts) < len(chunk):
+                unread = sorted(set(chunk) - texts.keys())
+                raise QuarantineError(f"cannot read quarantine entries {unread} from the log")
             events: list[Record] = []
             outcomes: list[Record] = []
             at = clock()

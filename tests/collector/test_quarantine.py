@@ -254,3 +254,46 @@ def test_a_kafka_quarantine_is_a_topic_of_its_own(tmp_path):
             assert len(Quarantine.on(log).state()) == 1
         finally:
             log.close()
+
+
+def test_a_collector_on_kafka_quarantines_into_the_topic_and_503s_without_it(tmp_path):
+    import base64
+
+    from mercato.collector.app import CollectorApp
+    from mercato.collector.keys import KeyStore
+    from mercato.collector.testing import call
+    from mercato.config import CollectorConfig
+    from mercato.log.kafka import KafkaLog
+    from mercato.log.kafka_mock import MockKafkaCluster
+
+    keys = KeyStore(tmp_path / "keys.json", reload_interval=0)
+    _, secret = keys.create("web")
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode(),
+    }
+    body = msgspec.json.encode({"batch": [track(0, merchant_id="m_1"), track(1)]})
+    with MockKafkaCluster(brokers=1) as cluster:
+        settings = kafka_config(cluster, 2)
+        config = Config(data_dir=str(tmp_path), log=settings)
+        log = KafkaLog(settings)
+        quarantine = Quarantine(
+            lambda: open_quarantine_log(config) or MemoryLog(0), retry_seconds=0
+        )
+        app = CollectorApp(CollectorConfig(), log, keys, quarantine=quarantine)
+        try:
+            response = call(app, "POST", "/v1/batch", body, headers)
+            assert (response.status, response.json()["code"]) == (503, "quarantine_unavailable")
+            assert "mercato quarantine create-topic" in response.json()["message"]
+            cluster.create_topic(f"{settings.kafka_topic}-quarantine", 1)
+            response = call(app, "POST", "/v1/batch", body, headers)
+            assert response.status == 200, response.body
+            assert response.json()["accepted"] == 1
+            (entry,) = quarantine.state().entries()
+            assert (entry.event_id, entry.reason) == ("msg-1", "merchant_id")
+            # the quarantine is opened before anything is written: the 503 stored nothing
+            assert [e.event_id for e in events_in(log)] == ["msg-0"]
+        finally:
+            app.close()
+            quarantine.close()
+            log.close()
