@@ -30,6 +30,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +50,7 @@ from mercato.events.segment import (
     decode_single,
     normalize_segment,
 )
-from mercato.log.base import Log, Record
+from mercato.log.base import Log, Position, Record
 from mercato.log.errors import LogError
 
 Scope = MutableMapping[str, Any]
@@ -86,6 +87,22 @@ class HttpError(Exception):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _durable(
+    submit: Callable[[Sequence[Record]], Future[Sequence[Position]]] | None,
+    records: Sequence[Record],
+) -> LogError | None:
+    """Append ``records`` with ``submit`` and wait until they are durable; the log's error
+    if they could not be made so."""
+    if not records:
+        return None
+    assert submit is not None
+    try:
+        await asyncio.wrap_future(submit(records))
+    except LogError as exc:
+        return exc
+    return None
 
 
 class CollectorApp:
@@ -282,31 +299,28 @@ class CollectorApp:
         try:
             if quarantined:
                 await self._open_quarantine(count)
-            appends = []
-            if records:
-                appends.append(asyncio.wrap_future(self.log.submit(records)))
-            if quarantined:
-                assert self.quarantine is not None
-                appends.append(asyncio.wrap_future(self.quarantine.submit(quarantined)))
-            outcomes = await asyncio.gather(*appends, return_exceptions=True)
+            log_error, quarantine_error = await asyncio.gather(
+                _durable(self.log.submit, records),
+                _durable(self.quarantine.submit if self.quarantine else None, quarantined),
+            )
         finally:
             self._pending -= count
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if not failures:
-            self._failed_at = None
-            return
-        if records and isinstance(outcomes[0], LogError):
+        if log_error is not None:
             self._failed_at = time.monotonic()
-        if not all(isinstance(f, LogError) for f in failures):
-            raise failures[0]
+        elif records:
+            self._failed_at = None
+        error = log_error or quarantine_error
+        if error is None:
+            return
         self.metrics.events.labels("unavailable").inc(count)
-        logger.error("append failed: %s", failures[0])
+        where = "log" if log_error is not None else "quarantine"
+        logger.error("%s append failed: %s", where, error)
         raise HttpError(
             503,
-            "log_unavailable",
-            f"events were not stored: {failures[0]}",
+            f"{where}_unavailable",
+            f"events were not stored: {error}",
             retry_after=self.config.retry_after_seconds,
-        ) from None
+        )
 
     async def _open_quarantine(self, count: int) -> None:
         assert self.quarantine is not None
