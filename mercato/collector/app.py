@@ -253,6 +253,11 @@ class CollectorApp:
         except HttpError:
             self.metrics.events.labels("unauthorized").inc(len(batch.messages))
             raise
+        limit = self.config.segment_max_messages
+        if len(batch.messages) > limit:
+            self.metrics.events.labels("too_large").inc(len(batch.messages))
+            message = f"batch has {len(batch.messages)} messages, over the limit of {limit}"
+            raise HttpError(413, "too_many_messages", message)
         records, rejections = normalize_segment(batch, received_at, source, self._rules)
         if rejections and self.quarantine is None:
             raise self._refused(rejections[0].error, len(batch.messages))

@@ -506,3 +506,13 @@ def test_merchant_ids_over_256_characters_are_refused_on_both_endpoints(collecto
         (0, "merchant_id")
     ]
     assert [e.merchant_id for e in collector.stored()] == ["m" * 256]
+
+
+def test_a_segment_batch_of_too_many_messages_is_refused_whole(tmp_path):
+    c = Collector(tmp_path, segment_max_messages=3)
+    assert c.post("/v1/batch", {"batch": [track(i) for i in range(3)]}).status == 200
+    response = c.post("/v1/batch", {"batch": [track(i, merchant=None) for i in range(4)]})
+    assert (response.status, response.json()["code"]) == (413, "too_many_messages")
+    assert response.json()["message"] == "batch has 4 messages, over the limit of 3"
+    assert c.quarantined() == []
+    assert len(c.stored()) == 3
