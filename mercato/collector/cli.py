@@ -29,6 +29,7 @@ from mercato.collector.quarantine import (
 )
 from mercato.config import Config
 from mercato.errors import MercatoError
+from mercato.events.errors import REASONS
 from mercato.events.rules import EventRules
 from mercato.log import open_log
 
@@ -83,7 +84,9 @@ def _table(title: str, entries: Sequence[Entry]) -> Table:
 
 
 @quarantine_group.command("list")
-@click.option("--reason", help="Only entries quarantined for this reason (e.g. merchant_id).")
+@click.option(
+    "--reason", type=click.Choice(REASONS), help="Only entries quarantined for this reason."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @FORMAT
 @click.pass_context

@@ -386,7 +386,7 @@ def test_without_a_quarantine_a_segment_batch_is_accepted_or_refused_whole(tmp_p
     assert c.stored() == []
 
 
-def test_a_quarantine_that_cannot_write_is_503_and_not_ready_stays(collector):
+def test_a_quarantine_that_cannot_write_is_503_and_the_collector_stays_ready(collector):
     collector.quarantine.log().fail_appends = OSError("disk full")
     response = collector.post("/v1/batch", {"batch": [track(0), track(1, merchant=None)]})
     assert response.status == 503
