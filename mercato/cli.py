@@ -15,6 +15,7 @@ from rich.table import Table
 from mercato import __version__
 from mercato.batch.cli import COMMANDS as BATCH_COMMANDS
 from mercato.clitools import console, context_config, errors, friendly
+from mercato.collector.cli import COMMANDS as QUARANTINE_COMMANDS
 from mercato.config import dump_config
 from mercato.errors import MercatoError
 from mercato.log.cli import COMMANDS as KAFKA_COMMANDS
@@ -263,6 +264,13 @@ for _command in STORE_COMMANDS:
 
 
 for _command in KAFKA_COMMANDS:
+    cli.add_command(_command)
+
+
+# -- the collector's quarantine ----------------------------------------------------------------
+
+
+for _command in QUARANTINE_COMMANDS:
     cli.add_command(_command)
 
 

@@ -77,6 +77,14 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=lambda: ["properties.merchant_id", "context.groupId"]
     )
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    # events older than this before receipt are refused (Segment: quarantined); at most 200
+    # years, so that receipt minus it is still a date
+    max_past_seconds: Annotated[int, msgspec.Meta(ge=0, le=200 * 365 * 86_400)] = 5 * 365 * 86_400
+    # deeper events are refused: every consumer decodes them with a recursive decoder
+    max_nesting_depth: Annotated[int, msgspec.Meta(ge=2, le=512)] = 64
+    # a Segment batch with more messages is refused whole (413): each invalid one costs a
+    # quarantine entry, so this bounds what one request can cost
+    segment_max_messages: Positive = 2500
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

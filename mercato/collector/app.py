@@ -8,10 +8,17 @@ Endpoints:
   HTTP Tracking API (``application/json`` or ``text/plain``, as analytics.js sends);
 * ``GET /livez``, ``GET /readyz``, ``GET /metrics`` (Prometheus).
 
-A request is answered 200 only after the log made all of its events durable; it is accepted
-whole or rejected whole. Failures are JSON ``{"error": {"code", "message", "index"?,
-"field"?}}``: 400 bad JSON or schema, 401 missing or unknown write key, 403 revoked key, 413
-too large, 415 content type, 429 overloaded and 503 log unavailable (both with Retry-After).
+A request is answered 200 only after everything it brought is durable. A native request is
+accepted whole or rejected whole. A Segment request is judged message by message, because
+Segment's SDKs drop a whole batch answered 400: the valid messages go to the log, each invalid
+one to the quarantine (:mod:`mercato.collector.quarantine`) with its reason, and the answer is
+200 ``{"success": true, "accepted": n, "quarantined": [{"index", "reason", …}]}``; only what
+is wrong with the request as a whole (not JSON, too large, content type, write key) is a 4xx.
+
+Failures are JSON ``{"error": {"code", "message", "index"?, "field"?}}``: 400 bad JSON or
+schema, 401 missing or unknown write key, 403 revoked key, 413 too large, 415 content type,
+429 overloaded and 503 log unavailable (both with Retry-After). On the Segment endpoints the
+body also has ``code`` and ``message`` at the top, which is what Segment's SDKs log.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from mercato.collector.keys import KeyStore
 from mercato.collector.metrics import CollectorMetrics
+from mercato.collector.quarantine import Quarantine, records_for
 from mercato.config import CollectorConfig
 from mercato.events.errors import EventError, EventTooLargeError
 from mercato.events.native import decode_native, normalize_native
@@ -41,7 +50,7 @@ from mercato.events.segment import (
     decode_single,
     normalize_segment,
 )
-from mercato.log.base import Log, Record
+from mercato.log.base import Log, Position, Record
 from mercato.log.errors import LogError
 
 Scope = MutableMapping[str, Any]
@@ -80,8 +89,28 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _durable(
+    submit: Callable[[Sequence[Record]], Future[Sequence[Position]]] | None,
+    records: Sequence[Record],
+) -> LogError | None:
+    """Append ``records`` with ``submit`` and wait until they are durable; the log's error
+    if they could not be made so."""
+    if not records:
+        return None
+    assert submit is not None
+    try:
+        await asyncio.wrap_future(submit(records))
+    except LogError as exc:
+        return exc
+    return None
+
+
 class CollectorApp:
-    """Receives events over HTTP and appends them durably to the log."""
+    """Receives events over HTTP and appends them durably to the log.
+
+    Without a ``quarantine`` a Segment request with an invalid message is rejected whole, as
+    a native one is (for embeddings that keep no quarantine; ``mercato run collector`` does).
+    """
 
     def __init__(
         self,
@@ -89,18 +118,16 @@ class CollectorApp:
         log: Log,
         keys: KeyStore,
         *,
+        quarantine: Quarantine | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.config = config
         self.log = log
         self.keys = keys
+        self.quarantine = quarantine
         self.metrics = CollectorMetrics()
         self._clock = clock
-        self._rules = EventRules(
-            max_event_bytes=config.max_event_bytes,
-            max_future=timedelta(seconds=config.max_future_seconds),
-            merchant_id_paths=tuple(config.segment_merchant_id_paths),
-        )
+        self._rules = EventRules.of(config)
         self._pending = 0
         self._failed_at: float | None = None
         self._draining = False
@@ -154,11 +181,7 @@ class CollectorApp:
                 raise HttpError(404, "not_found", f"no endpoint /v1/{endpoint}")
             if self._draining:
                 raise HttpError(503, "shutting_down", "collector is shutting down", retry_after=1)
-            count = await self._accept(scope, receive, endpoint)
-            self.metrics.accepted.inc(count)
-            self.metrics.batch_events.observe(count)
-            body = {"success": True} if endpoint != "events" else {"accepted": count}
-            await self._json(scope, send, 200, body)
+            await self._json(scope, send, 200, await self._accept(scope, receive, endpoint))
         except HttpError as exc:
             status = exc.status
             await self._error(scope, send, exc)
@@ -170,7 +193,8 @@ class CollectorApp:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
 
-    async def _accept(self, scope: Scope, receive: Receive, endpoint: str) -> int:
+    async def _accept(self, scope: Scope, receive: Receive, endpoint: str) -> dict[str, object]:
+        """Read, check and store one request; the body of its 200."""
         headers = dict(scope["headers"])
         source = self._source_from_header(headers.get(b"authorization"))
         if source is None and endpoint == "events":
@@ -195,30 +219,77 @@ class CollectorApp:
         elif encoding not in (b"identity", b""):
             raise HttpError(415, "unsupported_encoding", "content encoding must be gzip")
         received_at = self._clock()
+        if source is not None and endpoint == "events":
+            return await self._accept_native(body, ndjson, source, received_at)
+        return await self._accept_segment(body, endpoint, source, received_at)
+
+    async def _accept_native(
+        self, body: bytes, ndjson: bool, source: str, received_at: datetime
+    ) -> dict[str, object]:
         decoded = 0
         try:
-            if source is not None and endpoint == "events":
-                events = decode_native(body, ndjson=ndjson)
-                decoded = len(events)
-                records = normalize_native(events, received_at, source, self._rules)
-            else:
-                batch = decode_batch(body) if endpoint == "batch" else decode_single(body, endpoint)
-                decoded = len(batch.batch)
-                source = source or self._source_from_body(batch)
-                records = normalize_segment(batch, received_at, source, self._rules)
+            events = decode_native(body, ndjson=ndjson, max_depth=self._rules.max_depth)
+            decoded = len(events)
+            records = normalize_native(events, received_at, source, self._rules)
         except EventError as exc:
-            result = "too_large" if isinstance(exc, EventTooLargeError) else "invalid"
-            self.metrics.events.labels(result).inc(decoded)
-            status = 413 if result == "too_large" else 400
-            raise HttpError(status, exc.code, exc.message, detail=exc.to_dict()) from None
-        except HttpError:
-            self.metrics.events.labels("unauthorized").inc(decoded)
-            raise
-        await self._append(records)
-        return len(records)
+            raise self._refused(exc, decoded) from None
+        await self._append(records, ())
+        self._count_accepted(len(records))
+        return {"accepted": len(records)}
 
-    async def _append(self, records: Sequence[Record]) -> None:
-        count = len(records)
+    async def _accept_segment(
+        self, body: bytes, endpoint: str, source: str | None, received_at: datetime
+    ) -> dict[str, object]:
+        depth = self._rules.max_depth
+        try:
+            if endpoint == "batch":
+                batch = decode_batch(body, depth)
+            else:
+                batch = decode_single(body, endpoint, depth)
+        except EventError as exc:
+            raise self._refused(exc, 0) from None
+        try:
+            source = source or self._source_from_body(batch)
+        except HttpError:
+            self.metrics.events.labels("unauthorized").inc(len(batch.messages))
+            raise
+        limit = self.config.segment_max_messages
+        if len(batch.messages) > limit:
+            self.metrics.events.labels("too_large").inc(len(batch.messages))
+            message = f"batch has {len(batch.messages)} messages, over the limit of {limit}"
+            raise HttpError(413, "too_many_messages", message)
+        records, rejections = normalize_segment(batch, received_at, source, self._rules)
+        if rejections and self.quarantine is None:
+            raise self._refused(rejections[0].error, len(batch.messages))
+        await self._append(records, records_for(rejections, batch, source, endpoint, received_at))
+        self._count_accepted(len(records))
+        for rejection in rejections:
+            self.metrics.quarantined.labels(rejection.error.reason).inc()
+        self.metrics.events.labels("quarantined").inc(len(rejections))
+        quarantined = [
+            {
+                **rejection.error.to_dict(),
+                "index": rejection.index,
+                "reason": rejection.error.reason,
+            }
+            for rejection in rejections
+        ]
+        return {"success": True, "accepted": len(records), "quarantined": quarantined}
+
+    def _refused(self, exc: EventError, decoded: int) -> HttpError:
+        result = "too_large" if isinstance(exc, EventTooLargeError) else "invalid"
+        self.metrics.events.labels(result).inc(decoded)
+        status = 413 if result == "too_large" else 400
+        return HttpError(status, exc.code, exc.message, detail=exc.to_dict())
+
+    def _count_accepted(self, count: int) -> None:
+        self.metrics.accepted.inc(count)
+        self.metrics.batch_events.observe(count)
+
+    async def _append(self, records: Sequence[Record], quarantined: Sequence[Record]) -> None:
+        """Make ``records`` durable in the log and ``quarantined`` in the quarantine, or fail
+        with 429 or 503 (and then nothing of the request is acknowledged)."""
+        count = len(records) + len(quarantined)
         if count == 0:
             return
         if self._pending + count > self.config.max_pending_events:
@@ -231,20 +302,46 @@ class CollectorApp:
             )
         self._pending += count
         try:
-            await asyncio.wrap_future(self.log.submit(records))
-        except LogError as exc:
-            self._failed_at = time.monotonic()
-            self.metrics.events.labels("unavailable").inc(count)
-            logger.error("log append failed: %s", exc)
-            raise HttpError(
-                503,
-                "log_unavailable",
-                f"events were not stored: {exc}",
-                retry_after=self.config.retry_after_seconds,
-            ) from None
+            if quarantined:
+                await self._open_quarantine(count)
+            log_error, quarantine_error = await asyncio.gather(
+                _durable(self.log.submit, records),
+                _durable(self.quarantine.submit if self.quarantine else None, quarantined),
+            )
         finally:
             self._pending -= count
-        self._failed_at = None
+        if log_error is not None:
+            self._failed_at = time.monotonic()
+        elif records:
+            self._failed_at = None
+        error = log_error or quarantine_error
+        if error is None:
+            return
+        self.metrics.events.labels("unavailable").inc(count)
+        where = "log" if log_error is not None else "quarantine"
+        logger.error("%s append failed: %s", where, error)
+        raise HttpError(
+            503,
+            f"{where}_unavailable",
+            f"events were not stored: {error}",
+            retry_after=self.config.retry_after_seconds,
+        )
+
+    async def _open_quarantine(self, count: int) -> None:
+        assert self.quarantine is not None
+        if self.quarantine.ready:
+            return
+        try:
+            await asyncio.to_thread(self.quarantine.log)
+        except LogError as exc:
+            self.metrics.events.labels("unavailable").inc(count)
+            logger.error("the quarantine is unavailable: %s", exc)
+            raise HttpError(
+                503,
+                "quarantine_unavailable",
+                f"events were not stored: the quarantine is unavailable: {exc}",
+                retry_after=self.config.retry_after_seconds,
+            ) from None
 
     async def _read_body(self, receive: Receive) -> bytes:
         limit = self.config.max_body_bytes
@@ -298,9 +395,9 @@ class CollectorApp:
         return self._source_for(secret)
 
     def _source_from_body(self, batch: SegmentBatch) -> str:
-        if not batch.writeKey:
+        if not batch.write_key:
             raise HttpError(401, "unauthorized", "a write key is required (Basic auth or writeKey)")
-        return self._source_for(batch.writeKey)
+        return self._source_for(batch.write_key)
 
     def _source_for(self, secret: str) -> str:
         check = self.keys.check(secret)
@@ -332,7 +429,12 @@ class CollectorApp:
             extra.append((b"retry-after", str(exc.retry_after).encode()))
         if exc.status == 401:
             extra.append((b"www-authenticate", b'Basic realm="mercato"'))
-        await self._json(scope, send, exc.status, {"error": exc.body}, extra)
+        body: dict[str, object] = {"error": exc.body}
+        endpoint = scope["path"].removeprefix("/v1/")
+        if endpoint == "batch" or endpoint in CALLS:
+            # Segment's SDKs log the top-level "code" and "message" of a failed request
+            body = {"code": exc.body["code"], "message": exc.body["message"], **body}
+        await self._json(scope, send, exc.status, body, extra)
 
     async def _json(
         self,

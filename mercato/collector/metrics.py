@@ -18,14 +18,15 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class CollectorMetrics:
-    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes."""
+    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes;
+    ``mercato_collector_quarantined_events_total``: Segment messages quarantined, by reason."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.events = Counter(
             "mercato_ingest_events",
-            "Events received, by result (accepted, invalid, too_large, unauthorized, "
-            "overloaded, unavailable).",
+            "Events received, by result (accepted, quarantined, invalid, too_large, "
+            "unauthorized, overloaded, unavailable).",
             ["result"],
             registry=self.registry,
         )
@@ -48,6 +49,13 @@ class CollectorMetrics:
             registry=self.registry,
         )
         self.accepted = self.events.labels("accepted")
+        self.quarantined = Counter(
+            "mercato_collector_quarantined_events",
+            "Segment messages acknowledged into the quarantine instead of the log, by reason "
+            "(malformed, schema, merchant_id, timestamp, too_large, too_deep).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.pending = Gauge(
             "mercato_ingest_pending_events",
             "Events decoded and waiting for the log to make them durable.",

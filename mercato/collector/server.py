@@ -8,8 +8,10 @@ import threading
 from mercato.asgi import serve_asgi
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
+from mercato.collector.quarantine import Quarantine, open_quarantine_log
 from mercato.config import Config
-from mercato.log import open_log
+from mercato.log import Log, open_log
+from mercato.log.errors import LogError
 from mercato.log.retention import enforce_retention
 
 logger = logging.getLogger("mercato.collector")
@@ -20,7 +22,16 @@ RETENTION_INTERVAL_SECONDS = 60.0
 def serve(config: Config, *, announce: bool = True) -> None:
     """Serve until SIGINT or SIGTERM; requests in flight finish, then the log is closed."""
     log = open_log(config)
-    app = CollectorApp(config.collector, log, KeyStore(config.keys_path))
+    quarantine = Quarantine(lambda: _quarantine_log(config))
+    try:
+        quarantine.log()
+    except LogError as exc:
+        logger.warning(
+            "the quarantine is unavailable (%s): Segment requests with an invalid message are "
+            "answered 503 until it is",
+            exc,
+        )
+    app = CollectorApp(config.collector, log, KeyStore(config.keys_path), quarantine=quarantine)
     stop = threading.Event()
     retention = threading.Thread(
         target=_enforce_retention, args=(config, log, stop), name="mercato-retention", daemon=True
@@ -38,6 +49,13 @@ def serve(config: Config, *, announce: bool = True) -> None:
         stop.set()
         app.close()
         log.close()
+        quarantine.close()
+
+
+def _quarantine_log(config: Config) -> Log:
+    log = open_quarantine_log(config)
+    assert log is not None  # created when missing
+    return log
 
 
 def _where(config: Config) -> str:

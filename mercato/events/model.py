@@ -26,7 +26,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+TEXT_LENGTH = 256  # the most characters of an id, a merchant id or an event type
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_LENGTH)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 EMPTY_OBJECT = msgspec.Raw(b"{}")
 

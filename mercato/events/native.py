@@ -17,11 +17,14 @@ import msgspec
 
 from mercato.events.errors import InvalidEventError
 from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Text
+from mercato.events.nesting import deeper_than, split
 from mercato.events.rules import (
     EventRules,
+    event_time,
     id_prefix,
     invalid_from_msgspec,
-    too_far_in_future,
+    nested_too_deeply,
+    too_deep,
     too_large,
 )
 from mercato.log.base import Record
@@ -49,20 +52,45 @@ _encode = msgspec.json.Encoder().encode
 _CLOSE = ord("}")
 
 
-def decode_native(body: bytes, *, ndjson: bool) -> list[NativeEvent]:
+def decode_native(body: bytes, *, ndjson: bool, max_depth: int = 64) -> list[NativeEvent]:
     """Decode and validate a request body; errors name the event index and field."""
     try:
         return _line.decode_lines(body) if ndjson else _array.decode(body)
     except msgspec.MsgspecError as exc:
         raise invalid_from_msgspec(exc) from None
+    except RecursionError:
+        raise _too_deep(body, ndjson, max_depth) from None
+
+
+def _too_deep(body: bytes, ndjson: bool, max_depth: int) -> InvalidEventError:
+    """The error for a body too deep to decode, naming the first event that is (the decoder
+    stopped there, so the events before it are fine)."""
+    if ndjson:
+        items: list[bytes] = [line for line in body.splitlines() if line.strip()]
+    else:
+        parts = split(body)
+        items = parts.items if parts is not None and body.lstrip()[:1] == b"[" else []
+    for index, item in enumerate(items):
+        try:
+            _line.decode(item)
+        except RecursionError:
+            return nested_too_deeply(index, max_depth)
+        except msgspec.MsgspecError as exc:
+            error = invalid_from_msgspec(exc)
+            error.index = index
+            return error
+    return nested_too_deeply(None, max_depth)
 
 
 def normalize_native(
     events: list[NativeEvent], received_at: datetime, source: str, rules: EventRules
 ) -> list[Record]:
     """The log records for ``events``, or an error for the first unacceptable one."""
-    latest = received_at + rules.max_future
-    max_bytes = rules.max_event_bytes
+    window = rules.window(received_at)
+    earliest, latest = window
+    max_bytes, max_depth = rules.max_event_bytes, rules.max_depth
+    # A payload nests at most half its length deep: only long ones need measuring.
+    short = 2 * max_depth
     prefix = id_prefix()
     context_end = len(_encode(source)) + 3  # from the end: "}" of the context
     records: list[Record] = []
@@ -70,29 +98,41 @@ def normalize_native(
     for i, event in enumerate(events):
         original = event.timestamp
         sent_at = event.sent_at
+        # the usual cases inline; event_time() for the rest, and for the error
+        time: datetime | None = None
         if sent_at is None:
-            event_time = original if original.tzinfo is UTC else original.astimezone(UTC)
+            if original.tzinfo is UTC:
+                time = original
         else:
-            event_time = received_at - (sent_at - original)
-        if event_time > latest:
-            raise too_far_in_future(i, "timestamp")
+            try:
+                time = received_at - (sent_at - original)
+            except OverflowError:  # a contextlib.suppress costs a fifth of the loop
+                time = None
+        if time is None or not earliest <= time <= latest:
+            time = event_time(original, sent_at, received_at, window, i, "timestamp")
+        properties, context = event.properties, event.context
+        if (len(properties) >= short or len(context) >= short) and (
+            deeper_than(bytes(properties), max_depth - 1)
+            or deeper_than(bytes(context), max_depth - 1)
+        ):
+            raise too_deep(i, max_depth)
         value = _encode(
             OutgoingEvent(
                 event.event_id or f"{prefix}{i:04x}",
                 event.merchant_id,
                 event.type,
-                event_time,
+                time,
                 original,
                 sent_at,
                 received_at,
-                event.properties,
-                event.context,
+                properties,
+                context,
                 source,
             )
         )
         if value[-context_end] != _CLOSE:
             raise _not_an_object(i, "context")
-        if value[-context_end - len(event.context) - 1] != _CLOSE:
+        if value[-context_end - len(context) - 1] != _CLOSE:
             raise _not_an_object(i, "properties")
         if len(value) > max_bytes:
             raise too_large(i, len(value), max_bytes)

@@ -129,6 +129,20 @@ ADMIN_PATHS: dict[str, dict[str, Any]] = {
             [_param("days", "Hours of the last this many days", {"type": "integer", "default": 7})],
         )
     },
+    "/v1/admin/quarantine": {
+        "get": _admin(
+            "The collector's quarantine: open entries (Segment messages acknowledged but not "
+            "accepted) by reason, and the newest of them with the start of their message",
+            "exists, total, by_reason, latest",
+            [
+                _param(
+                    "limit",
+                    "Newest entries to return (most 100)",
+                    {"type": "integer", "default": 20},
+                )
+            ],
+        )
+    },
     "/v1/admin/merchants/{merchant_id}": {
         "get": _admin(
             "A merchant's time zone and whether it has data in the last 90 days",

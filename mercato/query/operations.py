@@ -28,6 +28,7 @@ from starlette.routing import Route
 from mercato.archive.layout import Root
 from mercato.archive.storage import ArchiveStorage
 from mercato.batch.versions import DROPPED, VersionError, diff
+from mercato.collector.quarantine import QuarantineView
 from mercato.config import Config
 from mercato.errors import MercatoError
 from mercato.log.base import Log
@@ -120,6 +121,7 @@ class OperatorApi:
         self._log = log
         self._clock = clock
         self.ingest_monitor = IngestMonitor(log, config.api.collector_targets(config.collector))
+        self.quarantine_view = QuarantineView(config)
 
     def routes(self) -> list[Route]:
         guard = self.api.guard
@@ -134,6 +136,7 @@ class OperatorApi:
             Route("/v1/admin/rollback", guard(self.rollback), methods=["POST"]),
             Route("/v1/admin/operations", guard(self.operations)),
             Route("/v1/admin/archive", guard(self.archive)),
+            Route("/v1/admin/quarantine", guard(self.quarantine)),
             Route("/v1/admin/merchants/{merchant_id}", guard(self.merchant)),
         ]
 
@@ -250,6 +253,12 @@ class OperatorApi:
             raise ApiError(503, "archive_unreadable", str(exc)) from None
         return _json({"path": str(self.config.archive_path), "exists": True, **body})
 
+    async def quarantine(self, request: Request) -> Response:
+        """The collector's quarantine: open entries by reason and the newest of them."""
+        self.api.require_admin(request)
+        limit = _int(request.query_params.get("limit"), "limit", 20, 100)
+        return _json(await run_in_threadpool(self.quarantine_view.summary, limit))
+
     async def merchant(self, request: Request) -> Response:
         """A merchant's time zone and whether (and in which metrics) it has data lately."""
         self.api.require_admin(request)
@@ -313,6 +322,8 @@ class OperatorApi:
 
     def stop(self) -> None:
         self.ingest_monitor.stop()
+        with suppress(MercatoError, OSError):
+            self.quarantine_view.close()
         with suppress(MercatoError):
             self.launcher.stop()
 

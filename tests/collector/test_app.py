@@ -10,10 +10,12 @@ import pytest
 
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
+from mercato.collector.quarantine import Quarantine
 from mercato.collector.testing import call
 from mercato.config import CollectorConfig
 from mercato.events.model import decode_event
 from mercato.log.base import LogReader
+from mercato.log.errors import LogError
 from mercato.log.memory import MemoryLog
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -24,7 +26,14 @@ class Collector:
         self.keys = KeyStore(tmp_path / "keys.json", reload_interval=0)
         self.key, self.secret = self.keys.create("web")
         self.log = MemoryLog(4)
-        self.app = CollectorApp(CollectorConfig(**config), self.log, self.keys, clock=lambda: NOW)
+        self.quarantine = Quarantine.on(MemoryLog(1))
+        self.app = CollectorApp(
+            CollectorConfig(**config),
+            self.log,
+            self.keys,
+            quarantine=self.quarantine,
+            clock=lambda: NOW,
+        )
 
     def auth(self, secret=None):
         token = base64.b64encode(f"{secret or self.secret}:".encode()).decode()
@@ -42,6 +51,9 @@ class Collector:
             for p in range(self.log.partitions)
             for e in LogReader(self.log, p, 0)
         ]
+
+    def quarantined(self):
+        return self.quarantine.state().entries()
 
 
 @pytest.fixture
@@ -224,7 +236,7 @@ def test_segment_batch_with_write_key_in_body(collector):
     }
     response = collector.post("/v1/batch", body, "text/plain", auth=False)
     assert response.status == 200
-    assert response.json() == {"success": True}
+    assert response.json() == {"success": True, "accepted": 2, "quarantined": []}
     assert {e.type for e in collector.stored()} == {"Order Completed", "page"}
 
 
@@ -247,19 +259,6 @@ def test_segment_single_calls(collector, call_type):
     (stored,) = collector.stored()
     assert stored.merchant_id == "m_5"
     assert stored.type == ("Clicked" if call_type == "track" else call_type)
-
-
-def test_segment_error_names_the_message(collector):
-    body = {
-        "batch": [
-            {"type": "track", "event": "x", "properties": {"merchant_id": "m"}},
-            {"type": "track"},
-        ]
-    }
-    response = collector.post("/v1/batch", body)
-    assert response.status == 400
-    assert response.json()["error"]["index"] == 1
-    assert response.json()["error"]["field"] == "event"
 
 
 def test_unknown_endpoint_and_method(collector):
@@ -296,3 +295,224 @@ def test_shutdown_drains(collector):
     response = collector.post("/v1/events", [event()])
     assert response.status == 503
     assert call(collector.app, "GET", "/readyz").status == 503
+
+
+# -- Segment: invalid messages are quarantined, the rest accepted --------------------------------
+
+
+def track(i, merchant="m_1", **overrides):
+    properties = {"merchant_id": merchant} if merchant is not None else {"shop": "s_1"}
+    return {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": f"msg-{i}",
+        "originalTimestamp": "2026-11-26T11:00:00Z",
+        "properties": properties,
+        **overrides,
+    }
+
+
+def test_a_segment_batch_with_an_invalid_message_accepts_the_others(collector):
+    batch = [track(i) for i in range(6)] + [track(6, merchant=None)]
+    response = collector.post("/v1/batch", {"batch": batch, "sentAt": "2026-11-26T11:00:01Z"})
+    assert response.status == 200
+    body = response.json()
+    assert (body["success"], body["accepted"]) == (True, 6)
+    (error,) = body["quarantined"]
+    assert (error["index"], error["field"], error["reason"]) == (
+        6,
+        "properties.merchant_id",
+        "merchant_id",
+    )
+    assert sorted(e.event_id for e in collector.stored()) == [f"msg-{i}" for i in range(6)]
+    (entry,) = collector.quarantined()
+    assert (entry.index, entry.event_id, entry.reason, entry.source) == (
+        6,
+        "msg-6",
+        "merchant_id",
+        "web",
+    )
+    paths = "properties.merchant_id, context.groupId"
+    assert entry.error == f"event 6: properties.merchant_id: no merchant id; set one of {paths}"
+    text = call(collector.app, "GET", "/metrics").body.decode()
+    assert 'mercato_collector_quarantined_events_total{reason="merchant_id"} 1.0' in text
+    assert 'mercato_ingest_events_total{result="quarantined"} 1.0' in text
+    assert 'mercato_ingest_events_total{result="accepted"} 6.0' in text
+
+
+def test_a_single_segment_call_that_is_invalid_is_quarantined(collector):
+    response = collector.post("/v1/track", {"event": "Clicked", "properties": {"merchant_id": 5.5}})
+    assert response.status == 200
+    assert response.json()["accepted"] == 0
+    (entry,) = collector.quarantined()
+    assert (entry.endpoint, entry.index, entry.reason) == ("track", 0, "merchant_id")
+    assert collector.stored() == []
+
+
+def test_segment_request_problems_are_still_refused_whole(collector, tmp_path):
+    ok = {"batch": [track(0)]}
+    assert collector.post("/v1/batch", b"{not json").status == 400
+    assert collector.post("/v1/batch", {"batch": {}}).status == 400
+    assert collector.post("/v1/batch", {"batch": [], "sentAt": "soon"}).status == 400
+    assert collector.post("/v1/track", b"[1, 2").status == 400
+    assert collector.post("/v1/batch", ok, "application/xml").status == 415
+    assert collector.post("/v1/batch", ok, auth=False).status == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"mk_nope:").decode()}
+    assert collector.post("/v1/batch", ok, auth=False, headers=wrong).status == 401
+    small = Collector(tmp_path / "small", max_body_bytes=100)
+    assert small.post("/v1/batch", {"batch": [track(i) for i in range(5)]}).status == 413
+    collector.keys.revoke(collector.key.id)
+    assert collector.post("/v1/batch", {"batch": [track(0, merchant=None)]}).status == 403
+    assert collector.stored() == []
+    assert collector.quarantined() == []
+
+
+def test_segment_error_bodies_carry_what_the_sdks_log(collector):
+    response = collector.post("/v1/batch", {"batch": [track(0)]}, auth=False)
+    body = response.json()
+    assert (body["code"], body["message"]) == ("unauthorized", body["error"]["message"])
+    assert body["message"] == "a write key is required (Basic auth or writeKey)"
+    assert call(collector.app, "GET", "/v1/batch").json()["code"] == "method_not_allowed"
+    native = collector.post("/v1/events", b"[")
+    assert set(native.json()) == {"error"}
+
+
+def test_without_a_quarantine_a_segment_batch_is_accepted_or_refused_whole(tmp_path):
+    c = Collector(tmp_path)
+    c.app = CollectorApp(CollectorConfig(), c.log, c.keys, clock=lambda: NOW)
+    response = c.post("/v1/batch", {"batch": [track(0), track(1, merchant=None)]})
+    assert response.status == 400
+    assert (response.json()["error"]["index"], response.json()["code"]) == (1, "invalid_event")
+    assert c.stored() == []
+
+
+def test_a_quarantine_that_cannot_write_is_503_and_the_collector_stays_ready(collector):
+    collector.quarantine.log().fail_appends = OSError("disk full")
+    response = collector.post("/v1/batch", {"batch": [track(0), track(1, merchant=None)]})
+    assert response.status == 503
+    assert response.headers["retry-after"] == "1"
+    assert collector.quarantined() == []
+    # the log itself is fine: the collector stays ready for everything else
+    assert call(collector.app, "GET", "/readyz").status == 200
+    assert collector.post("/v1/batch", {"batch": [track(2)]}).status == 200
+
+
+def test_a_quarantine_that_cannot_open_is_503_until_it_can(tmp_path):
+    c = Collector(tmp_path)
+    opened = MemoryLog(1)
+    attempts = []
+
+    def opener():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise LogError("kafka topic 'x-quarantine' does not exist")
+        return opened
+
+    c.quarantine = Quarantine(opener, retry_seconds=0)
+    c.app = CollectorApp(
+        CollectorConfig(), c.log, c.keys, quarantine=c.quarantine, clock=lambda: NOW
+    )
+    bad = {"batch": [track(0, merchant=None)]}
+    response = c.post("/v1/batch", bad)
+    assert (response.status, response.json()["code"]) == (503, "quarantine_unavailable")
+    assert c.post("/v1/batch", {"batch": [track(1)]}).status == 200  # no quarantine needed
+    assert c.post("/v1/batch", bad).status == 200
+    assert len(c.quarantined()) == 1
+
+
+# -- limits: depth, past timestamps, merchant ids ------------------------------------------------
+
+
+def deep(depth):
+    return b"[" * depth + b"]" * depth
+
+
+def nested_list(depth):
+    value = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1_000, 50_000])
+def test_native_json_too_deep_is_400_naming_the_event(collector, depth):
+    body = b"[" + msgspec.json.encode(event(0)) + b"," + msgspec.json.encode(event(1))[:-1]
+    body += b', "properties": {"x": ' + deep(depth) + b"}}]"
+    response = collector.post("/v1/events", body)
+    assert response.status == 400
+    assert response.json()["error"]["index"] == 1
+    assert "nested too deeply" in response.json()["error"]["message"]
+    assert collector.stored() == []
+
+
+def test_native_events_deeper_than_the_limit_are_400(tmp_path):
+    c = Collector(tmp_path, max_nesting_depth=10)
+    # the event's object, its properties, then the lists
+    assert c.post("/v1/events", [event(0, properties={"a": nested_list(8)})]).status == 200
+    response = c.post("/v1/events", [event(1, properties={"a": nested_list(9)})])
+    assert response.status == 400
+    assert response.json()["error"]["message"] == "event 0: nested more than 10 levels deep"
+
+
+@pytest.mark.parametrize("depth", [1_000, 50_000])
+def test_segment_message_too_deep_is_quarantined_alone(collector, depth):
+    bad = (
+        b'{"type": "track", "event": "x", "properties": {"merchant_id": "m", "x": '
+        + deep(depth)
+        + b"}}"
+    )
+    body = b'{"batch": [' + msgspec.json.encode(track(0)) + b", " + bad + b"]}"
+    response = collector.post("/v1/batch", body)
+    assert response.status == 200
+    assert response.json()["accepted"] == 1
+    (entry,) = collector.quarantined()
+    assert (entry.index, entry.reason) == (1, "malformed")
+    assert collector.quarantine.messages([entry.id]) == {entry.id: bad}
+
+
+def test_segment_body_too_deep_as_a_whole_is_400(collector):
+    assert collector.post("/v1/batch", deep(5_000)).status == 400
+    assert collector.post("/v1/track", deep(5_000)).status == 400
+    context = b'{"context": {"x": ' + deep(5_000) + b'}, "batch": []}'
+    response = collector.post("/v1/batch", context)
+    assert (response.status, response.json()["error"]["field"]) == (400, "context")
+
+
+def test_timestamps_too_far_in_the_past_are_refused(collector):
+    response = collector.post("/v1/events", [event(0), event(1, timestamp="0001-01-01T00:00:00Z")])
+    assert response.status == 400
+    assert (response.json()["error"]["index"], response.json()["error"]["field"]) == (
+        1,
+        "timestamp",
+    )
+    old = track(1, originalTimestamp="0001-01-01T00:00:00Z")
+    response = collector.post("/v1/batch", {"batch": [track(0), old]})
+    assert [q["reason"] for q in response.json()["quarantined"]] == ["timestamp"]
+    assert [e.event_id for e in collector.stored()] == ["msg-0"]
+
+
+def test_max_past_seconds_is_configurable(tmp_path):
+    c = Collector(tmp_path, max_past_seconds=3600)
+    assert c.post("/v1/events", [event(0, timestamp="2026-11-26T11:00:00Z")]).status == 200
+    assert c.post("/v1/events", [event(1, timestamp="2026-11-26T10:59:59Z")]).status == 400
+
+
+def test_merchant_ids_over_256_characters_are_refused_on_both_endpoints(collector):
+    assert collector.post("/v1/events", [event(0, merchant_id="m" * 257)]).status == 400
+    response = collector.post(
+        "/v1/batch", {"batch": [track(0, merchant="m" * 257), track(1, "m" * 256)]}
+    )
+    assert [(q["index"], q["reason"]) for q in response.json()["quarantined"]] == [
+        (0, "merchant_id")
+    ]
+    assert [e.merchant_id for e in collector.stored()] == ["m" * 256]
+
+
+def test_a_segment_batch_of_too_many_messages_is_refused_whole(tmp_path):
+    c = Collector(tmp_path, segment_max_messages=3)
+    assert c.post("/v1/batch", {"batch": [track(i) for i in range(3)]}).status == 200
+    response = c.post("/v1/batch", {"batch": [track(i, merchant=None) for i in range(4)]})
+    assert (response.status, response.json()["code"]) == (413, "too_many_messages")
+    assert response.json()["message"] == "batch has 4 messages, over the limit of 3"
+    assert c.quarantined() == []
+    assert len(c.stored()) == 3

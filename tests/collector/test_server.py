@@ -145,7 +145,10 @@ def test_gzip_ndjson_and_segment_over_http(collector_factory):
     headers = {**c.auth(), "Content-Type": "text/plain"}
     before = time.time()
     status, _, body = c.request("POST", "/v1/batch", msgspec.json.encode(batch), headers)
-    assert (status, msgspec.json.decode(body)) == (200, {"success": True})
+    assert (status, msgspec.json.decode(body)) == (
+        200,
+        {"success": True, "accepted": 1, "quarantined": []},
+    )
 
     by_id = {e.event_id: e for e in stored_events(c.data_dir)}
     assert {"n0", "n1", "n2", "seg-1"} == set(by_id)

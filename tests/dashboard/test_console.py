@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 from playwright.sync_api import expect
 
@@ -33,6 +34,12 @@ def console(known: Known, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     api = ApiProcess(data, {"MERCATO_COLLECTOR_PORT": str(collector.port)})
     order = {"type": "order_completed", "merchant_id": "m_1", "timestamp": known.now.isoformat()}
     assert collector.post_events([{**order, "event_id": f"c{i}"} for i in range(25)])[0] == 200
+    # two Segment messages the collector quarantines (no merchant id; a type it does not know)
+    unknown = [{"type": "track", "event": "Viewed", "messageId": "qm", "properties": {}},
+               {"type": "purchase", "messageId": "qt"}]  # fmt: skip
+    headers = {**collector.auth(), "Content-Type": "application/json"}
+    body = msgspec.json.encode({"batch": unknown})
+    assert collector.request("POST", "/v1/batch", body, headers)[0] == 200
     try:
         yield Console(api, shadow)
     finally:
@@ -89,6 +96,16 @@ def test_the_console_shows_what_the_admin_endpoints_answer(watched, console, art
         j["name"] for j in jobs["jobs"]
     ]
     assert page.locator(f'#versions tr[data-version="{console.shadow}"]').count() == 1
+    _, quarantine = console.api.get("/v1/admin/quarantine?limit=10", ADMIN)
+    assert quarantine["by_reason"] == {"merchant_id": 1, "schema": 1}
+    assert page.locator("#quarantine-total").get_attribute("data-total") == "2"
+    for reason, count in quarantine["by_reason"].items():
+        assert page.locator(f'#quarantine tr[data-reason="{reason}"] td').inner_text() == str(count)
+    shown = [
+        r.get_attribute("data-entry") for r in page.locator("#quarantine tr[data-entry]").all()
+    ]
+    assert shown == [str(e["id"]) for e in quarantine["latest"]]
+    assert "qt" in page.locator("#quarantine tr[data-entry]").first.inner_text()
     # the ingest chart once the monitor has two samples (it samples every 5 s)
     page.wait_for_selector("#ingest canvas", timeout=30_000)
     assert "sampled every 5 s" in page.locator("#ingest-status").inner_text()

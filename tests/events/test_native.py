@@ -143,3 +143,71 @@ def test_payloads_are_accepted_exactly_when_they_are_objects(properties, context
     (record,) = normalize_native(events, RECEIVED, source, EventRules())
     stored = decode_event(record.value)
     assert (stored.properties, stored.context, stored.source) == (properties, context, source)
+
+
+def test_past_timestamps_are_rejected_past_the_limit():
+    rules = EventRules(max_past=timedelta(days=365))
+    normalize([event(timestamp="2025-11-27T12:00:00Z")], rules)
+    for timestamp in ("2025-11-26T11:59:59Z", "0001-01-01T00:00:00Z"):
+        with pytest.raises(InvalidEventError) as info:
+            normalize([event(), event(timestamp=timestamp)], rules)
+        assert (info.value.index, info.value.field, info.value.reason) == (
+            1,
+            "timestamp",
+            "timestamp",
+        )
+        assert "too far in the past" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at", "words"),
+    [
+        ("0001-01-01T00:00:00+01:00", None, "past"),  # before year 1 in UTC
+        ("9999-12-31T23:59:59-01:00", None, "future"),  # after 9999 in UTC
+        ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "past"),  # corrected before year 1
+        ("9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z", "future"),
+    ],
+)
+def test_times_beyond_what_a_date_holds_are_errors_not_crashes(timestamp, sent_at, words):
+    with pytest.raises(InvalidEventError, match=f"too far in the {words}") as info:
+        normalize([event(timestamp=timestamp, sent_at=sent_at)])
+    assert info.value.field == "timestamp"
+
+
+def test_merchant_ids_are_1_to_256_characters():
+    normalize([event(merchant_id="m" * 256)])
+    for bad in ("m" * 257, ""):
+        with pytest.raises(InvalidEventError) as info:
+            normalize([event(), event(merchant_id=bad)])
+        assert (info.value.index, info.value.field) == (1, "merchant_id")
+        assert info.value.reason == "merchant_id"
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("ndjson", [False, True])
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_json_too_deep_to_decode_names_the_event(ndjson, depth):
+    deep = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+    events = [
+        msgspec.json.encode(event()),
+        msgspec.json.encode(event())[:-1] + b', "properties": ' + deep + b"}",
+    ]
+    body = b"\n".join(events) if ndjson else b"[" + b",".join(events) + b"]"
+    with pytest.raises(InvalidEventError, match="nested too deeply") as info:
+        decode_native(body, ndjson=ndjson)
+    assert info.value.index == 1
+
+
+def test_events_deeper_than_the_limit_are_rejected():
+    rules = EventRules(max_depth=8)
+    # the record is an array holding the properties object: {"a": [[..1..]]} at depth 1 + 1 + n
+    normalize([event(properties={"a": nested(6)})], rules)
+    with pytest.raises(InvalidEventError, match="nested more than 8 levels deep") as info:
+        normalize([event(), event(properties={"a": nested(7)})], rules)
+    assert (info.value.index, info.value.reason) == (1, "too_deep")

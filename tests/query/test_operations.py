@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 
 from mercato.archive.layout import PartitionState, file_name, hour_dir, update_state
@@ -33,6 +34,7 @@ READS = [
     "/v1/admin/operations",
     "/v1/admin/archive",
     "/v1/admin/merchants/m_1",
+    "/v1/admin/quarantine",
 ]
 ACTIONS = ["/v1/admin/jobs/seal/run", "/v1/admin/versions/1/promote", "/v1/admin/rollback"]
 
@@ -43,6 +45,7 @@ class Setup(NamedTuple):
     post: Callable[[list[dict[str, object]]], tuple[int, dict[str, str], bytes]]
     post_elsewhere: Callable[[list[dict[str, object]]], tuple[int, dict[str, str], bytes]]
     shadow: int
+    collector: Any = None
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     targets = ",".join(f"127.0.0.1:{c.port}" for c in collectors)
     api = ApiProcess(data, {"MERCATO_API_COLLECTORS": targets})
     try:
-        yield Setup(api, data, collectors[0].post_events, collectors[1].post_events, shadow)
+        yield Setup(
+            api, data, collectors[0].post_events, collectors[1].post_events, shadow, collectors[0]
+        )
     finally:
         api.stop()
         factory.kill_all()
@@ -231,3 +236,30 @@ def test_merchant_lookup(setup):
     assert body == {"merchant_id": "m_nobody", "timezone": None, "timezone_set": False,
                     "has_data": False, "lookback_days": 90, "counts": body["counts"]}  # fmt: skip
     assert not any(body["counts"].values())
+
+
+def test_quarantine_counts_by_reason_and_the_newest_entries(setup):
+    status, body = setup.api.get("/v1/admin/quarantine", ADMIN)
+    assert (status, body["exists"], body["total"], body["latest"]) == (200, True, 0, [])
+    old = "2001-01-01T00:00:00Z"
+    batch = {
+        "batch": [
+            {"type": "track", "event": "Order Completed", "messageId": "q-0", "properties": {}},
+            {"type": "page", "messageId": "q-1", "timestamp": old, "context": {"groupId": "m_1"}},
+            {"type": "track", "event": "Order Completed", "messageId": "q-2", "properties": {}},
+        ]
+    }  # fmt: skip
+    headers = {**setup.collector.auth(), "Content-Type": "application/json"}
+    status, _, answer = setup.collector.request(
+        "POST", "/v1/batch", msgspec.json.encode(batch), headers
+    )
+    assert status == 200, answer
+    assert len(msgspec.json.decode(answer)["quarantined"]) == 3
+    status, body = setup.api.get("/v1/admin/quarantine?limit=2", ADMIN)
+    assert status == 200
+    assert (body["total"], body["by_reason"]) == (3, {"merchant_id": 2, "timestamp": 1})
+    assert [e["event_id"] for e in body["latest"]] == ["q-2", "q-1"]
+    newest = body["latest"][0]
+    assert (newest["reason"], newest["source"], newest["index"]) == ("merchant_id", "test", 2)
+    assert msgspec.json.decode(newest["message"])["messageId"] == "q-2"
+    assert setup.api.get("/v1/admin/quarantine?limit=101", ADMIN)[0] == 400

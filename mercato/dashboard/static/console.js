@@ -91,6 +91,29 @@ async function loadIngest() {
   });
 }
 
+// -- quarantine ------------------------------------------------------------------------------
+
+async function loadQuarantine() {
+  const data = await api("/v1/admin/quarantine?limit=10");
+  const target = $("quarantine");
+  if (!data.total) {
+    target.replaceChildren(el("p", { id: "quarantine-empty", class: "muted" },
+      data.exists ? "Empty: every Segment message was accepted." : "Empty: nothing was ever quarantined."));
+    return;
+  }
+  target.replaceChildren(
+    el("p", { id: "quarantine-total", dataset: { total: data.total } },
+      `${data.total.toLocaleString("en-US")} open ${data.total === 1 ? "entry" : "entries"}.`),
+    table("Open entries by reason", ["Reason", "Entries"],
+      Object.entries(data.by_reason).map(([reason, n]) => el("tr", { dataset: { reason } },
+        el("th", { scope: "row" }, reason), el("td", { class: "num" }, n.toLocaleString("en-US"))))),
+    table("Newest entries", ["#", "Received", "Source", "Event id", "Reason", "Error", "Message"],
+      data.latest.map((e) => el("tr", { dataset: { entry: e.id } },
+        el("td", { class: "num" }, e.id), el("td", {}, time(e.received_at)), el("td", {}, e.source),
+        el("td", {}, el("code", {}, e.event_id)), el("td", {}, e.reason), el("td", {}, e.error),
+        el("td", {}, el("code", {}, e.message))))));
+}
+
 // -- jobs ------------------------------------------------------------------------------------
 
 async function loadJobs() {
@@ -252,7 +275,8 @@ async function guarded(load, target) {
 }
 
 async function refresh() {
-  await Promise.all([guarded(loadPipeline, "lag"), guarded(loadIngest, "ingest")]);
+  await Promise.all([guarded(loadPipeline, "lag"), guarded(loadIngest, "ingest"),
+    guarded(loadQuarantine, "quarantine")]);
 }
 
 async function start() {
