@@ -11,6 +11,7 @@ code and the payload objects are passed through as the raw JSON the client sent.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import msgspec
@@ -52,14 +53,41 @@ _encode = msgspec.json.Encoder().encode
 _CLOSE = ord("}")
 
 
+# A number only a 64-bit float's overflow holds (1e400) needs an exponent of 3 digits or 309
+# digits in a row: one scan of the body finds the requests that might have one.
+_MAYBE_HUGE = re.compile(rb"[0-9][eE]\+?[0-9]{3}|[0-9]{309}")
+_any = msgspec.json.Decoder()
+
+
 def decode_native(body: bytes, *, ndjson: bool, max_depth: int = 64) -> list[NativeEvent]:
     """Decode and validate a request body; errors name the event index and field."""
     try:
-        return _line.decode_lines(body) if ndjson else _array.decode(body)
+        events = _line.decode_lines(body) if ndjson else _array.decode(body)
     except msgspec.MsgspecError as exc:
         raise invalid_from_msgspec(exc) from None
     except RecursionError:
         raise _too_deep(body, ndjson, max_depth) from None
+    if _MAYBE_HUGE.search(body):
+        _check_numbers(events)
+    return events
+
+
+def _check_numbers(events: list[NativeEvent]) -> None:
+    """Refuse a payload holding a number beyond a 64-bit float (1e400): valid JSON, but no
+    reader of the log could decode the event, so it would be acknowledged and then lost."""
+    for i, event in enumerate(events):
+        for field in ("properties", "context"):
+            try:
+                _any.decode(getattr(event, field))
+            except msgspec.ValidationError as exc:
+                raise InvalidEventError(
+                    f"event {i}: {field}: {str(exc).split(' - at ')[0]} (numbers must fit a "
+                    "64-bit float)",
+                    index=i,
+                    field=field,
+                ) from None
+            except RecursionError:  # measured and refused later, with its own message
+                pass
 
 
 def _too_deep(body: bytes, ndjson: bool, max_depth: int) -> InvalidEventError:

@@ -26,6 +26,7 @@ from mercato.collector.keys import KeyStore
 from mercato.collector.quarantine import Quarantine
 from mercato.collector.testing import Response, call
 from mercato.config import CollectorConfig
+from mercato.events.model import decode_event
 from mercato.log.base import Log
 from mercato.log.memory import MemoryLog
 
@@ -64,6 +65,18 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 def size(log: Log) -> int:
     return sum(log.end_offset(p) for p in range(log.partitions))
+
+
+def ends(log: Log) -> list[int]:
+    return [log.end_offset(p) for p in range(log.partitions)]
+
+
+def assert_readable(log: Log, since: list[int]) -> None:
+    """Every record appended since ``since`` decodes as a normalized event, as the archiver
+    and the aggregator read it: an event accepted but unreadable would be lost."""
+    for partition, start in enumerate(since):
+        for entry in log.read(partition, start, 10_000):
+            decode_event(entry.value)
 
 
 def post(target: Target, path: str, body: bytes, content_type: str) -> Response:
@@ -234,11 +247,12 @@ def test_native_answers_and_the_log_agree(target, events, ndjson, whole):
         body = b"\n".join(events)
     else:
         body = array(events)
-    before = size(target.log)
+    before, offsets = size(target.log), ends(target.log)
     response = post(
         target, "/v1/events", body, "application/x-ndjson" if ndjson else "application/json"
     )
     grown = size(target.log) - before
+    assert_readable(target.log, offsets)
     if response.status == 200:
         event(f"accepted {min(grown, 2)}+")
         assert response.json()["accepted"] == grown
@@ -276,9 +290,10 @@ def test_segment_answers_the_log_and_the_quarantine_agree(
         if context is not None:
             members.append(b'"context":' + context)
         body = b"{" + b",".join(members) + b"}"
-    logged, quarantined = size(target.log), size(target.quarantine)
+    logged, quarantined, offsets = size(target.log), size(target.quarantine), ends(target.log)
     response = post(target, f"/v1/{endpoint}", body, "text/plain")
     logged, quarantined = size(target.log) - logged, size(target.quarantine) - quarantined
+    assert_readable(target.log, offsets)
     answer = response.json()
     if response.status != 200:
         assert (logged, quarantined) == (0, 0)

@@ -211,3 +211,27 @@ def test_events_deeper_than_the_limit_are_rejected():
     with pytest.raises(InvalidEventError, match="nested more than 8 levels deep") as info:
         normalize([event(), event(properties={"a": nested(7)})], rules)
     assert (info.value.index, info.value.reason) == (1, "too_deep")
+
+
+@pytest.mark.parametrize("huge", [b"1e400", b"-1E+999", b"9" * 309 + b".5", b"2e308"])
+@pytest.mark.parametrize("field", ["properties", "context"])
+def test_numbers_no_float_holds_are_refused_naming_the_event(huge: bytes, field: str) -> None:
+    # valid JSON, but no reader of the log decodes it: accepted, the event would be lost
+    good = msgspec.json.encode(event())
+    bad = msgspec.json.encode(event(**{field: {}}))
+    bad = bad.replace(
+        b'"' + field.encode() + b'":{}', b'"' + field.encode() + b'":{"x":' + huge + b"}"
+    )
+    with pytest.raises(InvalidEventError) as caught:
+        decode_native(b"[" + good + b"," + bad + b"]", ndjson=False)
+    assert (caught.value.index, caught.value.field) == (1, field)
+    assert "64-bit float" in caught.value.message
+
+
+def test_big_numbers_a_float_holds_and_numbers_in_strings_are_fine() -> None:
+    body = msgspec.json.encode(
+        [event(properties={"amount": 1e300, "note": "1e999", "id": 10**40, "tiny": 1e-300})]
+    )
+    (decoded,) = decode_native(body, ndjson=False)
+    (record,) = normalize_native([decoded], datetime(2026, 11, 26, tzinfo=UTC), "s", DEFAULT_RULES)
+    assert decode_event(record.value).properties["note"] == "1e999"
