@@ -251,6 +251,14 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
             try:
                 with db.transaction():
                     _check_version(db, version)
+                    # Seals of one hour take turns: under READ COMMITTED a second seal's
+                    # DELETE would not see the first's new rows, and its upsert would then
+                    # add to them (the hour counted twice). Once it holds the lock, its
+                    # DELETE sees them.
+                    db.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext('seal/' || %s::text), %s)",
+                        (version, hour // 3600 % 2**31),
+                    )
                     db.execute(
                         "DELETE FROM final_rollups"
                         " WHERE version = %s AND bucket >= %s AND bucket < %s",
