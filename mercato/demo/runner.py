@@ -235,6 +235,9 @@ def _start_role(role: str, config: Config, env: dict[str, str]) -> subprocess.Po
         )
 
 
+TRAFFIC_START_SECONDS = 60.0
+
+
 def _watch(
     log: Log,
     counted: Callable[[], dict[int, int]],
@@ -242,19 +245,23 @@ def _watch(
     console: Console,
     died: Callable[[], str | None],
 ) -> None:
-    deadline = None if duration is None else time.monotonic() + duration
     started = time.monotonic()
+    # ``duration`` is seconds of traffic: counted from the first events in the log (the
+    # generator takes a while to start on a busy machine), or from TRAFFIC_START_SECONDS
+    deadline = None if duration is None else started + TRAFFIC_START_SECONDS + duration
     first = sum(log.end_offset(p) for p in range(log.partitions))
     last_total, last_time = first, started
     interactive = console.is_terminal
     with Live(console=console, auto_refresh=False, transient=False) as live:
         while deadline is None or time.monotonic() < deadline:
-            time.sleep(1.0)
+            time.sleep(1.0 if duration is None else min(1.0, max(duration, 0.1)))
             if (problem := died()) is not None:
                 raise DemoError(problem)
             ends = [log.end_offset(p) for p in range(log.partitions)]
             done = counted()
             total, now = sum(ends), time.monotonic()
+            if duration is not None and total > first and last_total == first:
+                deadline = min(deadline or now, now + duration)  # traffic has begun
             rate = (total - last_total) / (now - last_time)
             last_total, last_time = total, now
             lag = sum(end - done.get(p, 0) for p, end in enumerate(ends))
