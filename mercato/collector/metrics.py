@@ -11,6 +11,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mercato.asgi.refusals import Reason
+
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -53,6 +55,17 @@ class CollectorMetrics:
             "Events decoded and waiting for the log to make them durable.",
             registry=self.registry,
         )
+        self.refused = Counter(
+            "mercato_ingest_refused_connections",
+            "Connections the server answered itself and closed, by reason: max_connections "
+            "(503 as accepted: overload shed), headers_too_large and too_many_headers (431), "
+            "header_timeout (408), bad_request (400: not HTTP).",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def refuse(self, reason: Reason) -> None:
+        self.refused.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

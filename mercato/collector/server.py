@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from mercato.asgi import serve_asgi
+from mercato.asgi import ServerLimits, serve_asgi
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.config import Config
@@ -33,7 +33,14 @@ def serve(config: Config, *, announce: bool = True) -> None:
         )
     retention.start()
     try:
-        serve_asgi(app, config.collector.host, config.collector.port, lifespan="on")
+        serve_asgi(
+            app,
+            config.collector.host,
+            config.collector.port,
+            lifespan="on",
+            limits=ServerLimits.of(config.collector, config.collector.retry_after_seconds),
+            on_refusal=app.metrics.refuse,
+        )
     finally:
         stop.set()
         app.close()

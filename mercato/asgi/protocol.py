@@ -1,0 +1,190 @@
+"""uvicorn's httptools protocol with the request head bounded in bytes, headers and time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httptools
+from uvicorn._types import ASGI3Application
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from mercato.asgi import refusals
+from mercato.asgi.admission import Admission
+from mercato.asgi.limits import OnRefusal, ServerLimits
+from mercato.asgi.refusals import Refusal
+
+# A refused connection is half-closed after its answer and read (and dropped) this long before
+# it is closed: closing a socket with unread data resets the connection, and a client still
+# sending would then lose the answer.
+LINGER_SECONDS = 2.0
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop the parser; the refusal is on the protocol."""
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """Counts the bytes of a request's line and headers as they arrive, before httptools sees
+    them: httptools builds a header value up in memory before its ``on_header`` callback, so a
+    count there comes after the memory is spent (a 256 MB header once took 86 s and 510 MB).
+    Bytes past ``max_header_bytes`` never reach the parser. Once the head is complete, data
+    goes to the parser untouched (the fast path for bodies)."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ServerLimits,
+        admission: Admission,
+        on_refusal: OnRefusal,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = limits
+        self._admission = admission
+        self._on_refusal = on_refusal
+        self._in_head = True  # the next bytes belong to a request line or headers
+        self._head_bytes = 0
+        self._heads = 0  # heads completed on this connection
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._violation: Refusal | None = None  # found by a parser callback
+        self._refusal: Refusal | None = None  # answered; the connection lingers, then closes
+        self._linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        if self._linger is not None:
+            self._linger.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self._refusal is not None:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            if self._head_timer is None:
+                self._arm_head_timer()
+            room = self._limits.max_header_bytes - self._head_bytes
+            if len(data) > room:
+                self._feed_past_room(data, room)
+                return
+            self._head_bytes += len(data)
+        self._feed(data)
+
+    def _feed_past_room(self, data: bytes | memoryview, room: int) -> None:
+        """Feed what fits; the rest only if the head ended within it."""
+        view = memoryview(data)
+        heads = self._heads
+        self._feed(view[:room])
+        if self._refusal is not None or self.transport.is_closing():
+            return
+        if self._heads == heads:
+            self._refuse(refusals.headers_too_large(self._limits.max_header_bytes))
+            return
+        self.data_received(view[room:])
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # no protocol upgrades here: the request was answered as plain HTTP
+        except httptools.HttpParserError:
+            self._refuse(self._violation or refusals.bad_request())
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(refusals.bad_request())
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._header_count = 0
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            self._violation = refusals.too_many_headers(self._limits.max_headers)
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._admission.admit(self, cycle, app)
+
+    def start_admitted(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Run ``app`` for ``cycle`` now (called by :class:`Admission`)."""
+        super()._start_asgi_task(cycle, app)
+
+    def refuse_waiting(self, cycle: RequestResponseCycle, refusal: Refusal) -> None:
+        """Answer a request that was never started (called by :class:`Admission`) without a
+        task: the answer is written, the body is then read and dropped, and the connection is
+        kept (for a client that sends again at once, that is the cheapest refusal)."""
+        if cycle.disconnected or self.transport.is_closing():
+            return
+        cycle.response_started = cycle.response_complete = True
+        self.transport.write(refusal.response(keep_alive=cycle.keep_alive))
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    # -- refusals -----------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(
+            self._limits.header_timeout_seconds, self._head_timed_out
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self._refusal is not None or self.transport.is_closing():
+            return
+        if self._answering():
+            self._arm_head_timer()  # a pipelined head: its time runs once this answer is sent
+        elif self._head_bytes == 0:
+            self.transport.close()  # nothing sent at all: close quietly, as an idle keep-alive
+        else:
+            self._refuse(refusals.header_timeout(self._limits.header_timeout_seconds))
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self._refusal = refusal
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        self._on_refusal(refusal.reason)
+        if self._answering():
+            # The refused head was pipelined behind a request still being answered, and there is
+            # no room for a second answer: close (no client pipelines in practice).
+            self.transport.close()
+            return
+        self.transport.write(refusal.response())
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.flow.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
