@@ -36,7 +36,8 @@ class ServerLimits:
     line and headers are over ``max_header_bytes``, or that has more than ``max_headers``
     headers, is answered 431; one whose line and headers have not all arrived
     ``header_timeout_seconds`` after its first byte is answered 408 (a connection that sends
-    nothing that long is closed). Both close the connection."""
+    nothing that long is closed). Both close the connection. A request asks for its slot once
+    its body has arrived (up to ``buffered_body_bytes``), so a slow sender holds none."""
 
     max_connections: int = 1000
     max_requests_in_flight: int = 64
@@ -45,9 +46,18 @@ class ServerLimits:
     max_headers: int = 100
     header_timeout_seconds: float = 10.0
     retry_after_seconds: int = 1
+    # A request's body is read whole before it asks for a slot, up to this many bytes; a
+    # longer one is handed to the app as it arrives (the app refuses it).
+    buffered_body_bytes: int = 1024 * 1024
 
     @classmethod
-    def of(cls, settings: ServerSettings, retry_after_seconds: int = 1) -> ServerLimits:
+    def of(
+        cls,
+        settings: ServerSettings,
+        *,
+        retry_after_seconds: int = 1,
+        buffered_body_bytes: int = 1024 * 1024,
+    ) -> ServerLimits:
         return cls(
             max_connections=settings.max_connections,
             max_requests_in_flight=settings.max_requests_in_flight,
@@ -56,6 +66,7 @@ class ServerLimits:
             max_headers=settings.max_headers,
             header_timeout_seconds=settings.header_timeout_seconds,
             retry_after_seconds=retry_after_seconds,
+            buffered_body_bytes=buffered_body_bytes,
         )
 
 

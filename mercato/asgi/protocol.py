@@ -56,6 +56,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._violation: Refusal | None = None  # found by a parser callback
         self._refusal: Refusal | None = None  # answered; the connection lingers, then closes
         self._linger: asyncio.TimerHandle | None = None
+        self._unadmitted: tuple[RequestResponseCycle, ASGI3Application] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -123,12 +124,35 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        unadmitted = self._unadmitted
+        if unadmitted is not None and unadmitted[0] is self.cycle:
+            if len(self.cycle.body) + len(body) <= self._limits.buffered_body_bytes:
+                self.cycle.body += body  # read on, unlike uvicorn, which pauses past 64 KiB
+                return
+            self._admit()  # a body too long to hold: the app reads (and refuses) it
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+        if self._unadmitted is not None and self._unadmitted[0] is self.cycle:
+            self._admit()
+
+    # -- admission ----------------------------------------------------------------------------
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Ask for a slot once the request's body is in: a client sending its body slowly must
+        not hold one of the few slots while the server has nothing to do for it."""
+        self._unadmitted = (cycle, app)
+        if not cycle.more_body:
+            self._admit()
+
+    def _admit(self) -> None:
+        assert self._unadmitted is not None
+        cycle, app = self._unadmitted
+        self._unadmitted = None
         self._admission.admit(self, cycle, app)
 
     def start_admitted(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:

@@ -38,7 +38,11 @@ def serve(config: Config, *, announce: bool = True) -> None:
             config.collector.host,
             config.collector.port,
             lifespan="on",
-            limits=ServerLimits.of(config.collector, config.collector.retry_after_seconds),
+            limits=ServerLimits.of(
+                config.collector,
+                retry_after_seconds=config.collector.retry_after_seconds,
+                buffered_body_bytes=config.collector.max_body_bytes,
+            ),
             on_refusal=app.metrics.refuse,
         )
     finally:
