@@ -148,6 +148,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._unadmitted = (cycle, app)
         if not cycle.more_body:
             self._admit()
+        elif cycle.waiting_for_100_continue:
+            # The app would ask for the body by reading it; here it is read before the app runs.
+            cycle.waiting_for_100_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _admit(self) -> None:
         assert self._unadmitted is not None

@@ -50,7 +50,7 @@ def over_connections(limit: int, retry_after: int) -> Refusal:
     return Refusal(
         503,
         "too_many_connections",
-        f"the server has {limit} connections open, its limit; retry later",
+        f"the server has its limit of {limit} connections open; retry later",
         "max_connections",
         retry_after,
     )
@@ -60,7 +60,7 @@ def over_requests_in_flight(limit: int, retry_after: int) -> Refusal:
     return Refusal(
         503,
         "too_many_requests_in_flight",
-        f"the server is working on {limit} requests, its limit; retry later",
+        f"the server is working on its limit of {limit} requests; retry later",
         "max_requests_in_flight",
         retry_after,
     )
