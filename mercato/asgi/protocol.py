@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with the request head bounded in bytes, headers and time."""
+"""uvicorn's httptools protocol with the request head bounded in bytes, headers and time, and
+requests handed to the app through :class:`Admission`."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ class _Refused(Exception):
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
-    """Counts the bytes of a request's line and headers as they arrive, before httptools sees
-    them: httptools builds a header value up in memory before its ``on_header`` callback, so a
-    count there comes after the memory is spent (a 256 MB header once took 86 s and 510 MB).
-    Bytes past ``max_header_bytes`` never reach the parser. Once the head is complete, data
-    goes to the parser untouched (the fast path for bodies)."""
+    """One connection. The bytes of a request's line and headers are counted as they arrive,
+    before httptools sees them: httptools builds a header value up in memory before its
+    ``on_header`` callback, so a count there comes after the memory is spent (a 256 MB header
+    once took 86 s and 510 MB). Bytes past ``max_header_bytes`` never reach the parser. Once
+    the head is complete, data goes to the parser untouched (the fast path for bodies).
+
+    A refused request is answered (431, 408, 400) and the connection half-closed; what the
+    client still sends is read and dropped for :data:`LINGER_SECONDS`, then it is closed."""
 
     def __init__(
         self,
@@ -102,9 +106,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._refuse(self._violation or refusals.bad_request())
 
-    def send_400_response(self, msg: str) -> None:
-        self._refuse(refusals.bad_request())
-
     # -- parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -154,10 +155,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _admit(self) -> None:
-        assert self._unadmitted is not None
-        cycle, app = self._unadmitted
-        self._unadmitted = None
-        self._admission.admit(self, cycle, app)
+        if self._unadmitted is not None:
+            cycle, app = self._unadmitted
+            self._unadmitted = None
+            self._admission.admit(self, cycle, app)
 
     def start_admitted(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """Run ``app`` for ``cycle`` now (called by :class:`Admission`)."""
