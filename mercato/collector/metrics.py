@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -20,7 +22,8 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class CollectorMetrics:
-    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes."""
+    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes,
+    and what the server refused by itself."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -56,13 +59,16 @@ class CollectorMetrics:
             registry=self.registry,
         )
         self.refused = Counter(
-            "mercato_ingest_refused_connections",
-            "Connections the server answered itself and closed, by reason: max_connections "
-            "(503 as accepted: overload shed), headers_too_large and too_many_headers (431), "
-            "header_timeout (408), bad_request (400: not HTTP).",
+            "mercato_ingest_refused",
+            "Connections and requests the server answered itself, by reason: shed for "
+            "overload, max_connections (503 as accepted, closed) and max_requests_in_flight "
+            "(503 after max_queue_seconds waiting); over a header limit, headers_too_large and "
+            "too_many_headers (431), header_timeout (408), bad_request (400: not HTTP).",
             ["reason"],
             registry=self.registry,
         )
+        for reason in get_args(Reason):  # every series from 0, so rates start at once
+            self.refused.labels(reason)
 
     def refuse(self, reason: Reason) -> None:
         self.refused.labels(reason).inc()

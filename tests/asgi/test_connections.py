@@ -53,5 +53,5 @@ def test_a_connection_past_the_limit_is_503_at_once(start_server: StartServer):
         time.sleep(0.05)
     if server.role == "collector":
         metrics = wire.exchange(server.port, wire.get("/metrics")).body.decode()
-        counted = 'mercato_ingest_refused_connections_total{reason="max_connections"} '
+        counted = 'mercato_ingest_refused_total{reason="max_connections"} '
         assert float(metrics.split(counted)[1].split()[0]) >= 1

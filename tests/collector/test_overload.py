@@ -211,7 +211,7 @@ def test_a_saturated_collector_answers_a_fresh_connection_at_once_and_loses_noth
     assert statuses[200] > 0, statuses  # the collector kept working...
     assert statuses[429] + statuses[503] > 0, statuses  # ...and was saturated: it shed load
     assert sum(t.shed_without_retry_after for t in tallies) == 0
-    shed = 'mercato_ingest_refused_connections_total{reason="max_requests_in_flight"} '
+    shed = 'mercato_ingest_refused_total{reason="max_requests_in_flight"} '
     assert float(metrics.split(shed)[1].split()[0]) > 0  # counted where operators look
 
     acknowledged = {tag for t in tallies for tag in t.acknowledged}
