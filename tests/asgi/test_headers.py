@@ -121,3 +121,13 @@ def test_a_trickled_header_is_cut_off_after_the_timeout(start_server: StartServe
         assert 0.9 < time.monotonic() - started < 4
 
     assert server.livez() == 200
+
+
+def test_what_is_not_http_is_400_in_json(start_server: StartServer):
+    server = start_server()
+    with wire.connect(server.port) as sock:
+        sock.sendall(b"HELLO THERE\r\n\r\n")
+        response = wire.read_response(sock)
+        assert (response.status, response.error_code()) == (400, "bad_request")
+        wire.read_until_closed(sock)
+    assert server.livez() == 200
