@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import resource
 import socket
 from collections.abc import Callable, Sized
 
@@ -24,6 +25,27 @@ BACKLOG = 2048  # as uvicorn; the kernel caps it at net.core.somaxconn
 ACCEPTS_PER_WAKEUP = 1000  # then other callbacks run before the rest are taken
 OUT_OF_DESCRIPTORS_PAUSE_SECONDS = 1.0
 DRAIN_BYTES = 256 * 1024
+SPARE_DESCRIPTORS = 256  # for the log's segments, the store, and the like
+
+
+def reserve_descriptors(max_connections: int) -> None:
+    """Raise the soft limit on open files (up to the hard one, as Go's runtime does) so that
+    ``max_connections`` connections fit, and as many refused ones lingering; warn when the
+    hard limit is lower: past it, new connections wait unseen to be accepted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + SPARE_DESCRIPTORS
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        logger.warning(
+            "open files are limited to %d, too few for max_connections = %d; raise the limit "
+            "(ulimit -n) or lower max_connections",
+            target,
+            max_connections,
+        )
 
 
 def bind(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
@@ -74,12 +96,14 @@ class Acceptor:
         self._loop = asyncio.get_running_loop()
 
     def start(self) -> None:
-        self._loop.add_reader(self._sock.fileno(), self._accept_waiting)
+        if self._sock.fileno() != -1:  # not closed while accepting was paused
+            self._loop.add_reader(self._sock.fileno(), self._accept_waiting)
 
     def close(self) -> None:
         """Stop accepting; connections already handed on stay open."""
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        if self._sock.fileno() != -1:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
         for fd in list(self._lingering):
             self._end_linger(fd)
 

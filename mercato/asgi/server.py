@@ -14,7 +14,7 @@ from typing import Any, Literal
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from mercato.asgi.acceptor import Acceptor, bind
+from mercato.asgi.acceptor import Acceptor, bind, reserve_descriptors
 from mercato.asgi.admission import Admission
 from mercato.asgi.limits import OnRefusal, ServerLimits, ignore
 from mercato.asgi.protocol import BoundedHttpProtocol
@@ -75,6 +75,8 @@ def serve_asgi(
     """Serve ``app`` until SIGINT or SIGTERM; requests in flight finish (up to 30 s) first.
     ``on_refusal`` is called with the reason of each connection or request the server answers
     itself for a limit."""
+    limits = limits or ServerLimits()
+    reserve_descriptors(limits.max_connections)
     server = BoundedServer(
         uvicorn.Config(
             app,
@@ -88,7 +90,7 @@ def serve_asgi(
             log_level="warning",
             timeout_graceful_shutdown=30,
         ),
-        limits or ServerLimits(),
+        limits,
         on_refusal,
     )
     # uvicorn handles SIGINT/SIGTERM while serving, then re-raises the signal into the handler
