@@ -55,7 +55,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes belong to a request line or headers
         self._head_bytes = 0
         self._heads = 0  # heads completed on this connection
-        self._header_count = 0
+        self._head_started = 0.0
         self._head_timer: asyncio.TimerHandle | None = None
         self._violation: Refusal | None = None  # found by a parser callback
         self._refusal: Refusal | None = None  # answered; the connection lingers, then closes
@@ -64,7 +64,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        # the first request's head is timed from the connection's opening
+        self._head_timer = self.loop.call_later(
+            self._limits.header_timeout_seconds, self._head_timed_out
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -76,15 +79,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return
         self._unset_keepalive_if_required()
-        if self._in_head:
-            if self._head_timer is None:
-                self._arm_head_timer()
-            room = self._limits.max_header_bytes - self._head_bytes
-            if len(data) > room:
-                self._feed_past_room(data, room)
-                return
-            self._head_bytes += len(data)
+        if not self._in_head:
+            self._feed(data)
+            return
+        if self._head_bytes == 0:
+            self._head_started = self.loop.time()
+        room = self._limits.max_header_bytes - self._head_bytes
+        if len(data) > room:
+            self._feed_past_room(data, room)
+            return
+        self._head_bytes += len(data)
         self._feed(data)
+        if self._in_head and self._head_bytes and self._head_timer is None:
+            # A head still incomplete (most arrive whole: they need no timer).
+            self._head_timer = self.loop.call_at(
+                self._head_started + self._limits.header_timeout_seconds, self._head_timed_out
+            )
 
     def _feed_past_room(self, data: bytes | memoryview, room: int) -> None:
         """Feed what fits; the rest only if the head ended within it."""
@@ -108,21 +118,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # -- parser callbacks ---------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._header_count = 0
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
-            self._violation = refusals.too_many_headers(self._limits.max_headers)
-            raise _Refused
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._heads += 1
         self._in_head = False
         self._cancel_head_timer()
+        if len(self.headers) > self._limits.max_headers:
+            # Counted here, not as each arrives: max_header_bytes already bounds their memory.
+            self._violation = refusals.too_many_headers(self._limits.max_headers)
+            raise _Refused
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -178,11 +181,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # -- refusals -----------------------------------------------------------------------------
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(
-            self._limits.header_timeout_seconds, self._head_timed_out
-        )
-
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -193,7 +191,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if not self._in_head or self._refusal is not None or self.transport.is_closing():
             return
         if self._answering():
-            self._arm_head_timer()  # a pipelined head: its time runs once this answer is sent
+            # a pipelined head: its time runs once this answer is sent
+            self._head_timer = self.loop.call_later(
+                self._limits.header_timeout_seconds, self._head_timed_out
+            )
         elif self._head_bytes == 0:
             self.transport.close()  # nothing sent at all: close quietly, as an idle keep-alive
         else:
