@@ -31,6 +31,8 @@ from mercato.scheduler.errors import CronError
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+HeaderBytes = Annotated[int, msgspec.Meta(ge=1024)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class ConfigError(MercatoError):
@@ -85,6 +87,14 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a Segment batch with more messages is refused whole (413): each invalid one costs a
     # quarantine entry, so this bounds what one request can cost
     segment_max_messages: Positive = 2500
+    # the server's bounds (mercato.asgi.limits.ServerLimits); a request decodes its batch on
+    # the event loop, so few run at once: an iteration of the loop stays short
+    max_connections: Positive = 1000
+    max_requests_in_flight: Positive = 16
+    max_queue_seconds: Seconds = 0.5
+    max_header_bytes: HeaderBytes = 32 * 1024
+    max_headers: Positive = 100
+    header_timeout_seconds: Seconds = 10
 
 
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -169,6 +179,14 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the collectors whose /metrics the console's ingest panel sums, as host:port; empty:
     # the one at [collector] host:port
     collectors: list[str] = msgspec.field(default_factory=list)
+    # the server's bounds (mercato.asgi.limits.ServerLimits); store reads run off the event
+    # loop, so more requests may run at once than on the collector
+    max_connections: Positive = 1000
+    max_requests_in_flight: Positive = 128
+    max_queue_seconds: Seconds = 0.5
+    max_header_bytes: HeaderBytes = 32 * 1024
+    max_headers: Positive = 100
+    header_timeout_seconds: Seconds = 10
 
     def __post_init__(self) -> None:
         for target in self.collectors:

@@ -24,6 +24,14 @@ def test_file_then_environment(tmp_path):
     assert config.collector.port == 9100
 
 
+def test_server_limits_from_file_and_environment(tmp_path):
+    path = write(tmp_path, "[api]\nmax_connections = 50\nheader_timeout_seconds = 2.5\n")
+    config = load_config(path, env={"MERCATO_COLLECTOR_MAX_QUEUE_SECONDS": "0.25"})
+    assert (config.api.max_connections, config.api.header_timeout_seconds) == (50, 2.5)
+    assert config.collector.max_queue_seconds == 0.25
+    assert config.collector.max_header_bytes == 32 * 1024
+
+
 def test_config_path_from_environment(tmp_path):
     path = write(tmp_path, "[log]\npartitions = 3\n")
     assert load_config(env={"MERCATO_CONFIG": str(path)}).log.partitions == 3
@@ -51,6 +59,9 @@ def test_config_is_frozen():
         ("[collector]\nport = 70000\n", "collector.port"),
         ('[log]\nfsync = "sometimes"\n', "log.fsync"),
         ('[log]\nbackend = "tape"\n', "log.backend"),
+        ("[collector]\nmax_header_bytes = 100\n", "collector.max_header_bytes"),
+        ("[api]\nheader_timeout_seconds = 0\n", "api.header_timeout_seconds"),
+        ("[api]\nmax_connections = 0\n", "api.max_connections"),
     ],
 )
 def test_invalid_file_names_the_key(tmp_path, text, named):
@@ -64,6 +75,7 @@ def test_invalid_file_names_the_key(tmp_path, text, named):
         ({"MERCATO_LOG_PARTITONS": "4"}, "MERCATO_LOG_PARTITONS"),
         ({"MERCATO_NOPE": "1"}, "MERCATO_NOPE"),
         ({"MERCATO_LOG_PARTITIONS": "many"}, "log.partitions"),
+        ({"MERCATO_COLLECTOR_MAX_QUEUE_SECONDS": "soon"}, "collector.max_queue_seconds"),
     ],
 )
 def test_invalid_environment_names_the_variable(env, named):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,6 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mercato.asgi.refusals import Reason
+
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -18,8 +22,9 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class CollectorMetrics:
-    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes;
-    ``mercato_collector_quarantined_events_total``: Segment messages quarantined, by reason."""
+    """``mercato_ingest_*``: events by result, requests by status, durations, batch sizes,
+    and what the server refused by itself; ``mercato_collector_quarantined_events_total``:
+    Segment messages quarantined, by reason."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -61,6 +66,20 @@ class CollectorMetrics:
             "Events decoded and waiting for the log to make them durable.",
             registry=self.registry,
         )
+        self.refused = Counter(
+            "mercato_ingest_refused",
+            "Connections and requests the server answered itself, by reason: shed for "
+            "overload, max_connections (503 as accepted, closed) and max_requests_in_flight "
+            "(503 after max_queue_seconds waiting); over a header limit, headers_too_large and "
+            "too_many_headers (431), header_timeout (408), bad_request (400: not HTTP).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in get_args(Reason):  # every series from 0, so rates start at once
+            self.refused.labels(reason)
+
+    def refuse(self, reason: Reason) -> None:
+        self.refused.labels(reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

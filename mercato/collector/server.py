@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from mercato.asgi import serve_asgi
+from mercato.asgi import ServerLimits, serve_asgi
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.collector.quarantine import Quarantine, open_quarantine_log
@@ -44,7 +44,18 @@ def serve(config: Config, *, announce: bool = True) -> None:
         )
     retention.start()
     try:
-        serve_asgi(app, config.collector.host, config.collector.port, lifespan="on")
+        serve_asgi(
+            app,
+            config.collector.host,
+            config.collector.port,
+            lifespan="on",
+            limits=ServerLimits.of(
+                config.collector,
+                retry_after_seconds=config.collector.retry_after_seconds,
+                buffered_body_bytes=config.collector.max_body_bytes,
+            ),
+            on_refusal=app.metrics.refuse,
+        )
     finally:
         stop.set()
         app.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from contextlib import suppress
 
-from mercato.asgi import serve_asgi
+from mercato.asgi import ServerLimits, serve_asgi
 from mercato.config import Config
 from mercato.dashboard import routes as dashboard_routes
 from mercato.errors import MercatoError
@@ -81,7 +81,9 @@ def serve(config: Config, *, config_path: str | None = None, announce: bool = Tr
             )
         operator.start()
         try:
-            serve_asgi(api.app, config.api.host, config.api.port)
+            serve_asgi(
+                api.app, config.api.host, config.api.port, limits=ServerLimits.of(config.api)
+            )
         finally:
             operator.stop()
             api.offload.close()
