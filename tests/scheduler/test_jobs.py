@@ -97,6 +97,7 @@ def test_only_the_tail_of_the_output_is_kept_and_the_exit_code_reported(tmp_path
         import sys
         for i in range(20000):
             print(f"line {i}")
+        sys.stdout.flush()  # a pipe buffers stdout: without PYTHONUNBUFFERED it came last
         print("the end", file=sys.stderr)
         sys.exit(3)
         """,
