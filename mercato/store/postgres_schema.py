@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from mercato.store.dialect import first_line
 from mercato.store.errors import InvalidPartialsError, StoreSchemaError
+from mercato.store.sql import invalid_column
 
 MIGRATE_COMMAND = "mercato db migrate"
 PARTITIONED = ("speed_rollups", "final_rollups")
@@ -134,13 +136,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
     ),
     (  # 2: events a metric matched but could not use (see mercato.metrics.kernel)
-        *(
-            f"ALTER TABLE {table} ADD COLUMN invalid bigint NOT NULL DEFAULT 0"
-            for table in ("speed_rollups", "final_rollups", "daily_rollups")
-        ),
-        # the few rows that have some, for totals across merchants
-        "CREATE INDEX speed_rollups_invalid ON speed_rollups (version, bucket) WHERE invalid > 0",
-        "CREATE INDEX final_rollups_invalid ON final_rollups (version, bucket) WHERE invalid > 0",
+        *invalid_column("bigint"),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -164,7 +160,7 @@ def migrate(dsn: str) -> tuple[int, int]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
     except psycopg.Error as exc:
-        raise StoreSchemaError(f"cannot migrate {where(dsn)}: {_first_line(exc)}") from exc
+        raise StoreSchemaError(f"cannot migrate {where(dsn)}: {first_line(exc)}") from exc
     return before, SCHEMA_VERSION
 
 
@@ -227,7 +223,3 @@ def where(dsn: str) -> str:
         return "PostgreSQL"
     host, name = info.get("host") or "localhost", info.get("dbname") or "?"
     return f"postgresql database {name} on {host}"
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
