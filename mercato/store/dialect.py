@@ -84,9 +84,10 @@ class Dialect(ABC, Generic[C]):
         """``partials`` ready for :meth:`merge`, before the write transaction begins."""
         return partials
 
-    def lock_offsets(self, db: C, consumer: str, partitions: list[int]) -> None:
-        """Serialize the writes of ``consumer``'s ``partitions`` for the rest of the write
-        transaction (nothing to do where the transaction locks the database)."""
+    def take_turns(self, db: C, name: str, numbers: list[int]) -> None:
+        """Make the write transactions that name any of ``numbers`` (in order) under ``name``
+        take turns until they end (nothing to do where the transaction holds the database's
+        write lock)."""
 
     def cause(self, exc: Exception) -> BaseException:
         """What made the write fail with ``exc``, for the message of the StoreWriteError."""

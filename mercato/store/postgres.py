@@ -170,12 +170,12 @@ class PostgresDialect(Dialect[Connection]):
             for row in rows:
                 copy.write_row(row)
 
-    def lock_offsets(self, db: Connection, consumer: str, partitions: list[int]) -> None:
-        # A row lock cannot guard an offset not stored yet; an advisory lock can. Taken in
-        # partition order: no deadlock between writers.
+    def take_turns(self, db: Connection, name: str, numbers: list[int]) -> None:
+        # Advisory locks, as a row lock cannot guard a row not stored yet; in order, so two
+        # transactions never wait for each other.
         db.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS p ORDER BY p",
-            (consumer, partitions),
+            "SELECT pg_advisory_xact_lock(hashtext(%s), n) FROM unnest(%s::int[]) AS n ORDER BY n",
+            (name, numbers),
         )
 
     def _partitions(self, db: Connection, table: pa.Table) -> None:

@@ -255,9 +255,9 @@ class SqlStore(ABC, Generic[C]):
             table = self._dialect.prepare(db.raw, table)
             with self._transaction(db, self._dialect.begin_write):
                 _check_version(db, version)
-                if expect:
+                if expect:  # writers of one partition take turns: one finds what it expects
                     partitions = sorted(int(p) for p in expect)
-                    self._dialect.lock_offsets(db.raw, consumer, partitions)
+                    self._dialect.take_turns(db.raw, consumer, partitions)
                     check_expected_offsets(consumer, expect, _offsets(db, consumer))
                 self._dialect.merge(db.raw, SPEED, version, table)
                 db.many(SET_OFFSET, positions)
@@ -394,6 +394,10 @@ class SqlStore(ABC, Generic[C]):
             table = self._dialect.prepare(db.raw, table)
             with self._transaction(db, self._dialect.begin_write):
                 _check_version(db, version)
+                # Seals of one hour take turns: under READ COMMITTED a second seal's DELETE
+                # would not see the first's new rows, and its upsert would then add to them
+                # (the hour counted twice). Once it has its turn, its DELETE sees them.
+                self._dialect.take_turns(db.raw, f"seal/{version}", [hour // 3600 % 2**31])
                 db.execute(
                     "DELETE FROM final_rollups WHERE version = ? AND bucket >= ? AND bucket < ?",
                     (version, hour, end),

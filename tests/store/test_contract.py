@@ -878,3 +878,29 @@ def test_invalid_counts_add_up_and_total_across_merchants(store_factory: StoreFa
     store.write_sealed_hour(v, 0, final, "f", 8)
     assert store.invalid_totals(v, 0, 7200, sealed_through=3600) == {"revenue": 5, "orders": 4}
     assert store.invalid_totals(v + 1, 0, 7200) == {}
+
+
+def test_concurrent_seals_of_one_hour_replace_never_add(store_factory: StoreFactory) -> None:
+    # two seal processes of the same hour (the scheduler's and an operator's) once both
+    # deleted the hour's rows, then both inserted theirs: the counts doubled on PostgreSQL
+    store = store_factory()
+    v = versioned(store)
+    rows = partials(*(row(f"m{i}", bucket=900 * (i % 4), count=5) for i in range(200)))
+    failures: list[BaseException] = []
+
+    def seal() -> None:
+        try:
+            for _ in range(5):
+                store.write_sealed_hour(v, 0, rows, "f", 1000)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=seal) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    for i in (0, 1, 199):
+        (stored,) = store.read(v, f"m{i}", ["orders"], 0, 3600, "", 3600).to_pylist()
+        assert stored["count"] == 5
