@@ -21,7 +21,7 @@ import psycopg
 
 from mercato.store.dialect import first_line
 from mercato.store.errors import InvalidPartialsError, StoreSchemaError
-from mercato.store.sql import invalid_column
+from mercato.store.schema import Types, invalid_column, tables
 
 MIGRATE_COMMAND = "mercato db migrate"
 PARTITIONED = ("speed_rollups", "final_rollups")
@@ -49,70 +49,25 @@ def _rollups(name: str) -> str:
     return f"CREATE TABLE {name} ({columns}) PARTITION BY RANGE (bucket)"
 
 
+TYPES = Types(
+    serial="bigserial PRIMARY KEY",
+    integer="bigint",
+    small="integer",
+    key='text COLLATE "C"',  # compared byte by byte, as SQLite compares
+    text="text",
+    keyed="",
+)
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
-        """
-        CREATE TABLE definition_versions (
-            id         bigserial PRIMARY KEY,
-            hash       text COLLATE "C" NOT NULL UNIQUE,
-            text       text   NOT NULL,
-            created_at bigint NOT NULL,  -- epoch milliseconds
-            state      text   NOT NULL DEFAULT 'registered'
-        )
-        """,
-        """
-        CREATE TABLE serving_version (
-            singleton integer PRIMARY KEY CHECK (singleton = 1),
-            version   bigint  NOT NULL REFERENCES definition_versions (id)
-        )
-        """,
-        """
-        CREATE TABLE serving_changes (
-            id         bigserial PRIMARY KEY,
-            version    bigint NOT NULL,
-            previous   bigint,
-            changed_at bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
+        *tables(TYPES, "definition_versions", "serving_version", "serving_changes"),
         _rollups("speed_rollups"),
         _rollups("final_rollups"),
         # a seal replaces an hour of final rows across merchants
         "CREATE INDEX final_rollups_by_bucket ON final_rollups (version, bucket)",
         f"CREATE TABLE daily_rollups ({_ROLLUP_COLUMNS.format(time='day')})",
-        """
-        CREATE TABLE consumer_offsets (
-            consumer    text COLLATE "C" NOT NULL,
-            partition   integer NOT NULL,
-            next_offset bigint  NOT NULL,
-            PRIMARY KEY (consumer, partition)
-        )
-        """,
-        """
-        CREATE TABLE merchants (
-            merchant_id text COLLATE "C" NOT NULL PRIMARY KEY,
-            timezone    text,
-            updated_at  bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
-        """
-        CREATE TABLE sealed_hours (
-            version     bigint NOT NULL,
-            hour        bigint NOT NULL,  -- epoch seconds at which the UTC hour starts
-            fingerprint text   NOT NULL,  -- of the archive files the seal read
-            events      bigint NOT NULL,  -- distinct events counted
-            sealed_at   bigint NOT NULL,  -- epoch milliseconds
-            PRIMARY KEY (version, hour)
-        )
-        """,
-        """
-        CREATE TABLE watermarks (
-            name    text COLLATE "C" NOT NULL,  -- e.g. "sealed_through"
-            version bigint NOT NULL,
-            value   bigint NOT NULL,
-            PRIMARY KEY (name, version)
-        )
-        """,
+        *tables(TYPES, "consumer_offsets", "merchants", "sealed_hours", "watermarks"),
         """
         CREATE TABLE job_runs (
             id          bigserial PRIMARY KEY,
@@ -127,16 +82,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX job_runs_by_job ON job_runs (job, id)",
-        """
-        CREATE TABLE leases (
-            name       text COLLATE "C" NOT NULL PRIMARY KEY,  -- e.g. "scheduler"
-            holder     text   NOT NULL,
-            expires_at bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
+        *tables(TYPES, "leases"),
     ),
     (  # 2: events a metric matched but could not use (see mercato.metrics.kernel)
-        *invalid_column("bigint"),
+        *invalid_column(TYPES),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

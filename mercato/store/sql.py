@@ -82,6 +82,7 @@ SET_OFFSET = """
     INSERT INTO consumer_offsets (consumer, partition, next_offset) VALUES (?, ?, ?)
     ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset
 """
+WATERMARK = "SELECT value FROM watermarks WHERE name = ? AND version = ?"
 SET_WATERMARK = """
     INSERT INTO watermarks (name, version, value) VALUES (?, ?, ?)
     ON CONFLICT (name, version) DO UPDATE SET value = excluded.value
@@ -97,20 +98,6 @@ TAKE_LEASE = """
     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?
 """
 RUN_COLUMNS = "id, job, params, attempt, status, started_at, finished_at, error, output"
-
-
-def invalid_column(integer: str) -> tuple[str, ...]:
-    """The migration giving rollups the partials' ``invalid`` column, with ``integer`` the
-    dialect's 64-bit integer type (released in both backends' migrations: never edited)."""
-    return (
-        *(
-            f"ALTER TABLE {table} ADD COLUMN invalid {integer} NOT NULL DEFAULT 0"
-            for table in (SPEED, FINAL, DAILY)
-        ),
-        # the few rows that have some, for totals across merchants
-        f"CREATE INDEX {SPEED}_invalid ON {SPEED} (version, bucket) WHERE invalid > 0",
-        f"CREATE INDEX {FINAL}_invalid ON {FINAL} (version, bucket) WHERE invalid > 0",
-    )
 
 
 def upsert(table: str, source: str, *, least: str, greatest: str, sketch: str) -> str:
@@ -232,11 +219,7 @@ class SqlStore(ABC, Generic[C]):
 
     def watermark(self, name: str, version: int) -> int | None:
         with self._db() as db:
-            return _int(
-                db.value(
-                    "SELECT value FROM watermarks WHERE name = ? AND version = ?", (name, version)
-                )
-            )
+            return _int(db.value(WATERMARK, (name, version)))
 
     # -- rollups and offsets ----------------------------------------------------------------
 
@@ -357,10 +340,7 @@ class SqlStore(ABC, Generic[C]):
         with self._reading() if by_day else self._db() as db:
             days = start
             if by_day:
-                mark = db.value(
-                    "SELECT value FROM watermarks WHERE name = ? AND version = ?",
-                    (days_watermark(merchant_id), version),
-                )
+                mark = db.value(WATERMARK, (days_watermark(merchant_id), version))
                 days = start if mark is None else min(max(start, int(mark)), end)
             cut = days if sealed_through is None else min(max(sealed_through, days), end)
             daily = (

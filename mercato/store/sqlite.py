@@ -50,7 +50,8 @@ from mercato.store.errors import (
     StoreSchemaError,
     StoreUnavailableError,
 )
-from mercato.store.sql import FINAL, SPEED, SqlStore, invalid_column, rows_of, upsert
+from mercato.store.schema import Types, invalid_column, tables
+from mercato.store.sql import FINAL, SPEED, SqlStore, rows_of, upsert
 
 if TYPE_CHECKING:
     from mercato.config import StoreConfig
@@ -75,41 +76,22 @@ def _rollup_table(name: str) -> str:
     """
 
 
+TYPES = Types(
+    serial="INTEGER PRIMARY KEY",  # the rowid
+    integer="INTEGER",
+    small="INTEGER",
+    key="TEXT",
+    text="TEXT",
+    keyed=" WITHOUT ROWID",  # the table is its primary key's b-tree
+)
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
-        """
-        CREATE TABLE definition_versions (
-            id         INTEGER PRIMARY KEY,
-            hash       TEXT    NOT NULL UNIQUE,
-            text       TEXT    NOT NULL,
-            created_at INTEGER NOT NULL,  -- epoch milliseconds
-            state      TEXT    NOT NULL DEFAULT 'registered'
-        )
-        """,
-        """
-        CREATE TABLE serving_version (
-            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-            version   INTEGER NOT NULL REFERENCES definition_versions (id)
-        )
-        """,
+        *tables(TYPES, "definition_versions", "serving_version"),
         _rollup_table("speed_rollups"),
         _rollup_table("final_rollups"),
-        """
-        CREATE TABLE consumer_offsets (
-            consumer    TEXT    NOT NULL,
-            partition   INTEGER NOT NULL,
-            next_offset INTEGER NOT NULL,
-            PRIMARY KEY (consumer, partition)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE merchants (
-            merchant_id TEXT    NOT NULL PRIMARY KEY,
-            timezone    TEXT,
-            updated_at  INTEGER NOT NULL  -- epoch milliseconds
-        ) WITHOUT ROWID
-        """,
+        *tables(TYPES, "consumer_offsets", "merchants"),
         """
         CREATE TABLE job_runs (
             id          INTEGER PRIMARY KEY,
@@ -125,48 +107,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX job_runs_by_job ON job_runs (job, started_at)",
     ),
     (  # 2: the batch layer and the scheduler
-        """
-        CREATE TABLE leases (
-            name       TEXT    NOT NULL PRIMARY KEY,  -- e.g. "scheduler"
-            holder     TEXT    NOT NULL,
-            expires_at INTEGER NOT NULL  -- epoch milliseconds
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE sealed_hours (
-            version     INTEGER NOT NULL,
-            hour        INTEGER NOT NULL,  -- epoch seconds at which the UTC hour starts
-            fingerprint TEXT    NOT NULL,  -- of the archive files the seal read
-            events      INTEGER NOT NULL,  -- distinct events counted
-            sealed_at   INTEGER NOT NULL,  -- epoch milliseconds
-            PRIMARY KEY (version, hour)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE watermarks (
-            name    TEXT    NOT NULL,  -- e.g. "sealed_through"
-            version INTEGER NOT NULL,
-            value   INTEGER NOT NULL,
-            PRIMARY KEY (name, version)
-        ) WITHOUT ROWID
-        """,
+        *tables(TYPES, "leases", "sealed_hours", "watermarks"),
         _rollup_table("daily_rollups").replace("bucket ", "day ").replace("bucket)", "day)"),
         "ALTER TABLE job_runs ADD COLUMN output TEXT",
         # a seal replaces an hour of final rows across merchants
         "CREATE INDEX final_rollups_by_bucket ON final_rollups (version, bucket)",
     ),
     (  # 3: promote and rollback
-        """
-        CREATE TABLE serving_changes (
-            id         INTEGER PRIMARY KEY,
-            version    INTEGER NOT NULL,
-            previous   INTEGER,
-            changed_at INTEGER NOT NULL  -- epoch milliseconds
-        )
-        """,
+        *tables(TYPES, "serving_changes"),
     ),
     (  # 4: events a metric matched but could not use (see mercato.metrics.kernel)
-        *invalid_column("INTEGER"),
+        *invalid_column(TYPES),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
