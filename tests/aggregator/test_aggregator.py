@@ -16,7 +16,7 @@ from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import parse_definitions
-from mercato.store.base import Store
+from mercato.store.base import RollupStore
 from mercato.store.sqlite import SqliteStore
 
 DEFINITIONS = parse_definitions(
@@ -42,7 +42,7 @@ def order(event_id: str, merchant: str = "m_1", amount: int = 100) -> Record:
     return Record(merchant, encode_event(event))
 
 
-def totals(store: Store, version: int, merchant: str) -> dict[str, tuple[int, int | None]]:
+def totals(store: RollupStore, version: int, merchant: str) -> dict[str, tuple[int, int | None]]:
     table = store.read(version, merchant, ["orders", "revenue"], *DAY)
     out: dict[str, tuple[int, int | None]] = {}
     for row in table.to_pylist():
