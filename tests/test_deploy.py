@@ -30,7 +30,7 @@ from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
 from mercato.query.tokens import TokenSigner
-from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 TOML = DEPLOY / "mercato.toml"
@@ -307,7 +307,9 @@ def served(role: str, path: str, tmp_path: Path) -> int:
         finally:
             app.close()
     assert role == "api"
-    api = QueryApi(Config().api, MemoryStore(), load_definitions(), TokenSigner("s"), "admin")
+    api = QueryApi(
+        Config().api, SqliteStore.temporary(), load_definitions(), TokenSigner("s"), "admin"
+    )
     return call(api.app, "GET", path).status
 
 

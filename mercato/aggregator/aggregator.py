@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -24,7 +24,7 @@ from mercato.log.base import Log, LogEntry
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import rollup
-from mercato.store.base import Store
+from mercato.store.base import RollupStore, VersionStore
 from mercato.store.errors import OffsetConflictError
 
 logger = logging.getLogger("mercato.aggregator")
@@ -43,13 +43,18 @@ class AggregatorStats(msgspec.Struct):
     fenced: int = 0  # batches refused because another process had stored past them
 
 
+class AggregatorStore(RollupStore, VersionStore, Protocol):
+    """What an aggregator needs of the store: its version registered and served, its rollups
+    and offsets."""
+
+
 class Aggregator:
     """Owns ``partitions`` of ``log`` and keeps the store's speed rollups up to date."""
 
     def __init__(
         self,
         log: Log,
-        store: Store,
+        store: AggregatorStore,
         definitions: Definitions,
         *,
         partitions: Sequence[int] | None = None,

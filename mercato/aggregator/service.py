@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from mercato.aggregator.aggregator import Aggregator
+from mercato.aggregator.aggregator import Aggregator, AggregatorStore
 from mercato.batch.seal import SEALED_THROUGH
 from mercato.batch.versions import REPLAY_MARGIN, definitions_of, replay_start, serving
 from mercato.config import Config
@@ -19,7 +19,7 @@ from mercato.log.base import Log
 from mercato.log.errors import PERMANENT, LogError
 from mercato.metrics.definitions import Definitions, load_definitions
 from mercato.store import describe_store, open_store
-from mercato.store.base import Store
+from mercato.store.base import VersionStore
 from mercato.store.errors import StoreUnavailableError, StoreWriteError
 
 logger = logging.getLogger("mercato.aggregator")
@@ -84,7 +84,7 @@ def serve(config: Config, *, announce: bool = True) -> None:
         log.close()
 
 
-def _serving(store: Store, configured: Definitions) -> int:
+def _serving(store: VersionStore, configured: Definitions) -> int:
     version, definitions = serving(store, configured)
     if definitions.version != configured.version:
         logger.warning(
@@ -98,7 +98,7 @@ def _serving(store: Store, configured: Definitions) -> int:
 
 
 def _aggregator(
-    config: Config, log: Log, store: Store, version: int, partitions: list[int]
+    config: Config, log: Log, store: AggregatorStore, version: int, partitions: list[int]
 ) -> Aggregator:
     """An aggregator for ``version``; a consumer new to the store replays the log from a
     little before the version's seal watermark (everything before it is served final)."""

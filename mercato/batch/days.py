@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -29,13 +30,18 @@ import pyarrow as pa
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import TOTAL, empty_partials, merge
 from mercato.query.periods import local_midnight
-from mercato.store.base import Store, days_watermark
+from mercato.store.base import BatchStore, DayStore, RollupStore, VersionStore, days_watermark
 
 HOUR = 3600
 
 
+class BatchLayerStore(RollupStore, VersionStore, BatchStore, DayStore, Protocol):
+    """What the batch layer's jobs need of the store (sealing hours, deriving local days
+    from them, promoting a version): every concern but the scheduler's."""
+
+
 def derive_days(
-    store: Store,
+    store: BatchLayerStore,
     version: int,
     definitions: Definitions,
     hours: Iterable[int],
@@ -73,7 +79,7 @@ def derive_days(
 
 
 def _derive_merchant(
-    store: Store,
+    store: BatchLayerStore,
     version: int,
     definitions: Definitions,
     merchant: str,

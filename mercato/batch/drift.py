@@ -15,15 +15,21 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import msgspec
 
 from mercato.metrics.definitions import Definitions
-from mercato.store.base import Store, VersionTotal
+from mercato.store.base import BatchStore, VersionStore, VersionTotal
 
 DRIFT_PPM = "drift_ppm"
 DRIFT_CHECKED_AT = "drift_checked_at"
 EXACT = ("count", "sum", "min", "max")
+
+
+class TotalsStore(VersionStore, BatchStore, Protocol):
+    """What comparing a version's totals needs of the store: its definitions, its sealed
+    hours and layer totals, and watermarks to record the result in."""
 
 
 class MetricDrift(msgspec.Struct, frozen=True):
@@ -51,7 +57,7 @@ class DriftReport(msgspec.Struct):
 
 
 def check_drift(
-    store: Store,
+    store: TotalsStore,
     version: int,
     definitions: Definitions,
     *,

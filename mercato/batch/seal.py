@@ -33,10 +33,9 @@ from mercato.archive.layout import (
     open_storage,
     read_state,
 )
-from mercato.batch.days import derive_days
+from mercato.batch.days import BatchLayerStore, derive_days
 from mercato.batch.engine import Engine
 from mercato.metrics.definitions import Definitions
-from mercato.store.base import Store
 
 logger = logging.getLogger("mercato.batch")
 
@@ -76,7 +75,7 @@ def fingerprint(files: Iterable[ArchiveFile]) -> str:
 
 
 def seal(
-    store: Store,
+    store: BatchLayerStore,
     archive: Root,
     definitions: Definitions,
     engine: Engine,

@@ -24,8 +24,10 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from mercato.aggregator.aggregator import Aggregator
+from mercato.aggregator.aggregator import Aggregator, AggregatorStore
 from mercato.archive.layout import Root
+from mercato.batch.days import BatchLayerStore
+from mercato.batch.drift import TotalsStore
 from mercato.batch.engine import Engine
 from mercato.batch.errors import BatchError
 from mercato.batch.seal import SEALED_THROUGH, SealReport, seal
@@ -33,7 +35,7 @@ from mercato.events.model import decode_event
 from mercato.log.base import Log
 from mercato.metrics.definitions import Definitions, Metric, parse_definitions
 from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
-from mercato.store.base import Store, VersionTotal
+from mercato.store.base import VersionStore, VersionTotal
 
 logger = logging.getLogger("mercato.batch")
 
@@ -65,11 +67,11 @@ class DiffRow(msgspec.Struct, frozen=True):
     new: float | int | None
 
 
-def register(store: Store, definitions: Definitions) -> int:
+def register(store: VersionStore, definitions: Definitions) -> int:
     return store.register_version(definitions.version, definitions.text)
 
 
-def definitions_of(store: Store, version: int) -> Definitions:
+def definitions_of(store: VersionStore, version: int) -> Definitions:
     """The definitions of a registered version, from the text the store keeps."""
     for known in store.versions():
         if known.id == version:
@@ -79,7 +81,7 @@ def definitions_of(store: Store, version: int) -> Definitions:
     raise VersionError(f"there is no definitions version {version}: see `mercato versions`")
 
 
-def serving(store: Store, fallback: Definitions) -> tuple[int, Definitions]:
+def serving(store: VersionStore, fallback: Definitions) -> tuple[int, Definitions]:
     """The serving version and its definitions; with none yet, ``fallback`` starts serving."""
     version = store.serving_version()
     if version is None:
@@ -90,7 +92,7 @@ def serving(store: Store, fallback: Definitions) -> tuple[int, Definitions]:
 
 
 def reprocess(
-    store: Store,
+    store: BatchLayerStore,
     archive: Root,
     definitions: Definitions,
     engine: Engine,
@@ -138,7 +140,7 @@ def replay_start(log: Log, partition: int, since: datetime) -> int:
 
 def catch_up(
     log: Log,
-    store: Store,
+    store: AggregatorStore,
     definitions: Definitions,
     since: datetime | None,
     *,
@@ -159,7 +161,7 @@ def catch_up(
 
 
 def promote(
-    store: Store,
+    store: BatchLayerStore,
     log: Log,
     archive: Root,
     version: int,
@@ -182,7 +184,7 @@ def promote(
 
 
 def rollback(
-    store: Store,
+    store: BatchLayerStore,
     log: Log,
     archive: Root,
     engine: Engine,
@@ -198,7 +200,9 @@ def rollback(
                    progress=progress)  # fmt: skip
 
 
-def diff(store: Store, old: int, new: int, start: datetime, end: datetime) -> Iterator[DiffRow]:
+def diff(
+    store: TotalsStore, old: int, new: int, start: datetime, end: datetime
+) -> Iterator[DiffRow]:
     """Per merchant, metric and UTC day in ``[start, end)``, the final values of ``old`` and
     ``new`` where they differ (a metric only one version has differs everywhere it has a
     value)."""
@@ -216,7 +220,7 @@ def diff(store: Store, old: int, new: int, start: datetime, end: datetime) -> It
                           a, b)  # fmt: skip
 
 
-def prune(store: Store, retention: timedelta, now: datetime | None = None) -> list[int]:
+def prune(store: VersionStore, retention: timedelta, now: datetime | None = None) -> list[int]:
     """Drop versions that have not served for ``retention`` (never the serving one, nor the
     one a rollback would return to); return their ids."""
     now = now or datetime.now(UTC)

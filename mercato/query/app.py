@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -47,7 +47,7 @@ from mercato.query.periods import (
 )
 from mercato.query.series import MerchantView, Series, timeseries
 from mercato.query.tokens import TokenError, TokenSigner
-from mercato.store.base import Store, check_timezone
+from mercato.store.base import BatchStore, DayStore, RollupStore, VersionStore, check_timezone
 from mercato.store.errors import StoreError, StoreUnavailableError
 
 CACHE_SECONDS = 1.0
@@ -57,6 +57,11 @@ MAX_MERCHANT_ID = 256  # as the collector accepts them
 MAX_BODY_BYTES = 64 * 1024  # the admin endpoints' JSON bodies are a few fields
 Handler = Callable[[Request], Response | Awaitable[Response]]
 T = TypeVar("T")
+
+
+class ApiStore(RollupStore, VersionStore, BatchStore, DayStore, Protocol):
+    """What the query API reads and sets in the store: a merchant's rows, the serving version
+    and its watermarks, merchants' time zones, and invalid totals for ``/metrics``."""
 
 
 class ApiError(Exception):
@@ -124,7 +129,7 @@ class QueryApi:
     def __init__(
         self,
         config: ApiConfig,
-        store: Store,
+        store: ApiStore,
         definitions: Definitions,
         signer: TokenSigner,
         admin_token: str,

@@ -27,6 +27,7 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from mercato.archive.layout import Root, committed_files, read_state
+from mercato.batch.drift import TotalsStore
 from mercato.batch.seal import SEALED_THROUGH
 from mercato.errors import MercatoError
 from mercato.log.base import Log
@@ -125,7 +126,7 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
     }
 
 
-def invalid_values(store: Store, version: int, now: float) -> dict[str, int]:
+def invalid_values(store: TotalsStore, version: int, now: float) -> dict[str, int]:
     """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
     that the metric matched but could not use (a value of the wrong kind)."""
     end = int(now) - int(now) % 900 + 900

@@ -19,7 +19,7 @@ import msgspec
 from mercato.metrics.definitions import Definitions, Metric
 from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
 from mercato.query.periods import assign
-from mercato.store.base import Store
+from mercato.store.base import RollupStore
 
 Value = float | int | None
 Row = tuple[Any, ...]
@@ -32,7 +32,7 @@ class MerchantView:
 
     def __init__(
         self,
-        store: Store,
+        store: RollupStore,
         version: int,
         merchant_id: str,
         sealed_through: int | None = None,

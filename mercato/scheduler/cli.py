@@ -31,7 +31,7 @@ from mercato.scheduler.jobs import (
 )
 from mercato.scheduler.scheduler import RunResult, Scheduler
 from mercato.store import open_store
-from mercato.store.base import Store
+from mercato.store.base import JobStore
 
 STATUS_STYLES = {"succeeded": "green", "failed": "red", "running": "yellow", "abandoned": "magenta"}
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -164,7 +164,7 @@ def _usage_error(message: str) -> NoReturn:
 
 def _run(
     ctx: click.Context,
-    store: Store,
+    store: JobStore,
     job: Job,
     params: dict[str, Any],
     extra_args: list[str] | None = None,

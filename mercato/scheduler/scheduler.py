@@ -50,7 +50,7 @@ from mercato.scheduler.jobs import (
     SubprocessRunner,
     configured_jobs,
 )
-from mercato.store.base import RUNNING, Store
+from mercato.store.base import RUNNING, JobStore
 from mercato.store.errors import StoreError
 
 logger = logging.getLogger("mercato.scheduler")
@@ -87,7 +87,7 @@ class Scheduler:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: JobStore,
         *,
         runner: Runner | None = None,
         clock: Clock | None = None,

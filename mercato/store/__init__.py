@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from mercato.store.base import DefinitionVersion, Store
 from mercato.store.errors import StoreError
-from mercato.store.memory import MemoryStore
 from mercato.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -14,7 +13,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DefinitionVersion",
-    "MemoryStore",
     "SqliteStore",
     "Store",
     "describe_store",

@@ -21,13 +21,19 @@ The store holds what the query API serves and what the aggregator needs to resum
 Every read of rollup rows names one merchant: :meth:`Store.read` and :meth:`Store.members`
 are the merchant-scoped choke point the query API relies on, and no method returns rows of
 several merchants.
+
+The interface is cut by concern into narrow protocols, :class:`RollupStore`,
+:class:`VersionStore`, :class:`BatchStore`, :class:`DayStore` and :class:`JobStore`; both
+backends implement them all (one SQL implementation, :mod:`mercato.store.sql`) and
+:class:`Store` is their union. A consumer is typed against the concerns it uses: the scheduler
+needs a :class:`JobStore` and nothing else.
 """
 
 from __future__ import annotations
 
 import functools
 import zoneinfo
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
@@ -105,57 +111,9 @@ class VersionTotal(msgspec.Struct, frozen=True):
     sketches: list[bytes]
 
 
-@runtime_checkable
-class Store(Protocol):
-    """Where rollups, consumer offsets and definitions versions are kept (SQLite, memory)."""
-
-    def register_version(self, hash: str, text: str) -> int:
-        """The id of the definitions with content hash ``hash``, registering them if new.
-
-        Idempotent: the same hash always gets the same id (the first ``text`` is kept).
-        """
-        ...
-
-    def versions(self) -> list[DefinitionVersion]:
-        """Every registered definitions version, oldest first."""
-        ...
-
-    def serving_version(self) -> int | None:
-        """The id of the version the query API serves, or None before one is set."""
-        ...
-
-    def set_serving_version(self, version: int) -> None:
-        """Point the query API at ``version`` (one atomic swap of a single pointer).
-
-        Raises :class:`~mercato.store.errors.UnknownVersionError` for an unregistered id.
-        """
-        ...
-
-    def serving_history(self, limit: int = 20) -> list[ServingChange]:
-        """The latest switches of the serving pointer, newest first."""
-        ...
-
-    def drop_version(self, version: int) -> int:
-        """Delete every row, seal, watermark and aggregator offset of ``version`` and mark it
-        dropped; return the rows deleted. Refuses the serving version."""
-        ...
-
-    def layer_totals(
-        self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
-    ) -> Iterator[VersionTotal]:
-        """Every merchant's totals (``dimension = ""``) in ``layer`` (final or speed rows) per
-        metric and UTC period of ``period`` seconds in ``[start, end)``: an operator's read
-        across merchants, for diffs and drift checks; the query API never calls it."""
-        ...
-
-    def invalid_totals(
-        self, version: int, start: int, end: int, sealed_through: int | None = None
-    ) -> dict[str, int]:
-        """Per metric, the events of every merchant that the metric matched but could not use
-        (the partials' ``invalid``) with buckets in ``[start, end)``: final rows before
-        ``sealed_through``, speed rows from there on. An operator's read across merchants,
-        cheap because only the rows that have some are indexed."""
-        ...
+class RollupStore(Protocol):
+    """Rollups and the consumers' offsets: the speed layer's writes and every merchant-scoped
+    read of rollup rows (the query API's choke point)."""
 
     def write(
         self,
@@ -181,30 +139,6 @@ class Store(Protocol):
         and stores nothing. Concurrent writes of one partition are serialized, so of two
         writers expecting the same offset exactly one succeeds.
         """
-        ...
-
-    def write_sealed_hour(
-        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
-    ) -> None:
-        """Replace the final rows of ``version`` in the UTC hour starting at ``hour`` (epoch
-        seconds) with ``partials`` and record the seal, in one transaction.
-
-        Raises :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the
-        hour, and what :meth:`write` raises otherwise.
-        """
-        ...
-
-    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
-        """The hours of ``version`` sealed so far, by hour start."""
-        ...
-
-    def set_watermark(self, name: str, version: int, value: int) -> None:
-        """Record a named watermark of ``version`` (``sealed_through``: epoch seconds before
-        which every bucket is final)."""
-        ...
-
-    def watermark(self, name: str, version: int) -> int | None:
-        """A named watermark of ``version``, or None if never set."""
         ...
 
     def offsets(self, consumer: str) -> dict[int, int]:
@@ -270,6 +204,97 @@ class Store(Protocol):
         their total count, largest first (ties by member); layers as in :meth:`read`."""
         ...
 
+
+class VersionStore(Protocol):
+    """Definitions versions, the serving pointer and its history, and named watermarks."""
+
+    def register_version(self, hash: str, text: str) -> int:
+        """The id of the definitions with content hash ``hash``, registering them if new.
+
+        Idempotent: the same hash always gets the same id (the first ``text`` is kept).
+        """
+        ...
+
+    def versions(self) -> list[DefinitionVersion]:
+        """Every registered definitions version, oldest first."""
+        ...
+
+    def serving_version(self) -> int | None:
+        """The id of the version the query API serves, or None before one is set."""
+        ...
+
+    def set_serving_version(self, version: int) -> None:
+        """Point the query API at ``version`` (one atomic swap of a single pointer).
+
+        Raises :class:`~mercato.store.errors.UnknownVersionError` for an unregistered id.
+        """
+        ...
+
+    def serving_history(self, limit: int = 20) -> list[ServingChange]:
+        """The latest ``limit`` switches of the serving pointer, newest first; none for a
+        ``limit`` of 0 or less (as :meth:`JobStore.job_runs`)."""
+        ...
+
+    def drop_version(self, version: int) -> int:
+        """Delete every row, seal, watermark and aggregator offset of ``version`` and mark it
+        dropped; return the rows deleted. Refuses the serving version."""
+        ...
+
+    def set_watermark(self, name: str, version: int, value: int) -> None:
+        """Record a named watermark of ``version`` (``sealed_through``: epoch seconds before
+        which every bucket is final)."""
+        ...
+
+    def watermark(self, name: str, version: int) -> int | None:
+        """A named watermark of ``version``, or None if never set."""
+        ...
+
+
+class BatchStore(Protocol):
+    """The batch layer: sealed hours of final rows, and operators' reads across merchants."""
+
+    def write_sealed_hour(
+        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
+    ) -> None:
+        """Replace the final rows of ``version`` in the UTC hour starting at ``hour`` (epoch
+        seconds) with ``partials`` and record the seal, in one transaction.
+
+        Raises :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the
+        hour, and what :meth:`write` raises otherwise.
+        """
+        ...
+
+    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
+        """The hours of ``version`` sealed so far, by hour start."""
+        ...
+
+    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
+        """The merchants with final rows in ``[start, end)`` (the batch layer's read across
+        merchants, for deriving local days)."""
+        ...
+
+    def layer_totals(
+        self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
+    ) -> Iterator[VersionTotal]:
+        """Every merchant's totals (``dimension = ""``) in ``layer`` (final or speed rows) per
+        metric and UTC period of ``period`` seconds in ``[start, end)``, from one snapshot
+        (sums and sketches of the same rows): an operator's read across merchants, for diffs
+        and drift checks; the query API never calls it."""
+        ...
+
+    def invalid_totals(
+        self, version: int, start: int, end: int, sealed_through: int | None = None
+    ) -> dict[str, int]:
+        """Per metric, the events of every merchant that the metric matched but could not use
+        (the partials' ``invalid``) with buckets in ``[start, end)``: final rows before
+        ``sealed_through``, speed rows from there on, both from one snapshot. An operator's
+        read across merchants, cheap because only the rows that have some are indexed."""
+        ...
+
+
+class DayStore(Protocol):
+    """Merchants' time zones and the local-day rows derived in them."""
+
     def replace_days(
         self,
         version: int,
@@ -301,11 +326,6 @@ class Store(Protocol):
         """Merchants whose local days must all be derived again (their zone changed)."""
         ...
 
-    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
-        """The merchants with final rows in ``[start, end)`` (the batch layer's read across
-        merchants, for deriving local days)."""
-        ...
-
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         """Record the merchant's IANA time zone; a change drops its local-day rows and sets
         their watermark to 0 (:meth:`days_to_rederive`: derived again in the new zone).
@@ -317,6 +337,10 @@ class Store(Protocol):
     def merchant_timezone(self, merchant_id: str) -> str | None:
         """The merchant's time zone, or None when none was set."""
         ...
+
+
+class JobStore(Protocol):
+    """The scheduler's run history and leases."""
 
     def start_job_run(self, job: str, params: Mapping[str, Any], attempt: int) -> int:
         """Record that an attempt of ``job`` started now (status ``running``); its run id."""
@@ -332,7 +356,8 @@ class Store(Protocol):
         ...
 
     def job_runs(self, job: str | None = None, limit: int = 100) -> list[JobRun]:
-        """The last ``limit`` attempts (of ``job``, or of every job), newest first."""
+        """The last ``limit`` attempts (of ``job``, or of every job), newest first; none for
+        a ``limit`` of 0 or less."""
         ...
 
     def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
@@ -348,6 +373,13 @@ class Store(Protocol):
         """Free the lease ``name`` if ``holder`` holds it (otherwise do nothing)."""
         ...
 
+
+@runtime_checkable
+class Store(RollupStore, VersionStore, BatchStore, DayStore, JobStore, Protocol):
+    """Every concern of the store together (:class:`~mercato.store.sqlite.SqliteStore`,
+    :class:`~mercato.store.postgres.PostgresStore`); a consumer that needs one concern takes
+    the narrow protocol of it instead."""
+
     def close(self) -> None:
         """Release connections; the store cannot be used afterwards."""
         ...
@@ -360,11 +392,6 @@ class Store(Protocol):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
-
-
-def days_watermark(merchant_id: str) -> str:
-    """The watermark name of how far a merchant's local-day rows are derived."""
-    return f"days_through/{merchant_id}"
 
 
 def check_expected_offsets(
@@ -411,26 +438,6 @@ def conform_partials(partials: pa.Table) -> pa.Table:
     return table
 
 
-def layer_table(layer: str) -> str:
-    """The rollup table of a layer of :meth:`Store.layer_totals` (SQL stores)."""
-    if layer not in ("final", "speed"):
-        raise ValueError(f"layer: final or speed, not {layer!r}")
-    return f"{layer}_rollups"
-
-
-def join_totals(
-    rows: Iterable[Sequence[Any]], sketches: Iterable[Sequence[Any]]
-) -> Iterator[VersionTotal]:
-    """:class:`VersionTotal` of SQL rows ``(merchant, metric, period, count, sum, min, max)``
-    with their sketches, from rows ``(merchant, metric, period, sketch)`` (SQL stores)."""
-    blobs: dict[tuple[str, str, int], list[bytes]] = {}
-    for merchant, metric, at, blob in sketches:
-        blobs.setdefault((merchant, metric, int(at)), []).append(blob)
-    for merchant, metric, at, count, total, low, high in rows:
-        key = (merchant, metric, int(at))
-        yield VersionTotal(merchant, metric, int(at), count, total, low, high, blobs.get(key, []))
-
-
 def conform_day_partials(partials: pa.Table, merchant_id: str) -> pa.Table:
     """One merchant's local-day rows as PARTIAL_SCHEMA in key order (see
     :func:`conform_partials`), or :class:`StoreWriteError` if a row names another merchant."""
@@ -445,6 +452,11 @@ def metric_names(metrics: Sequence[str]) -> list[str]:
     if isinstance(metrics, str):
         raise TypeError("metrics must be a sequence of metric names, not one string")
     return list(metrics)
+
+
+def days_watermark(merchant_id: str) -> str:
+    """The watermark name of how far a merchant's local-day rows are derived."""
+    return f"days_through/{merchant_id}"
 
 
 def check_timezone(timezone: str) -> str:

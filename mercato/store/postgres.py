@@ -1,7 +1,8 @@
 """The scale-out serving store: PostgreSQL through psycopg 3 and a connection pool.
 
-The same contract as :class:`~mercato.store.sqlite.SqliteStore` (the store contract tests run
-against both), with these choices:
+The operations are :class:`~mercato.store.sql.SqlStore`'s, as for
+:class:`~mercato.store.sqlite.SqliteStore` (the store contract tests run against both); this
+module holds the connection pool and the dialect, with these choices:
 
 * **Bulk writes**: a write's partials are merged per key in Python first (the kernel's
   :func:`~mercato.metrics.kernel.merge`, so ``ON CONFLICT`` meets each key once), copied into
@@ -13,10 +14,14 @@ against both), with these choices:
   stored sketches merged into the incoming ones, and the upsert then stores the union. Two
   writers of one key take turns on the row lock, so neither loses the other's sketch.
 * **Offsets** are upserted in the same transaction as the rows they account for.
-* **Reads** are one statement each (both layers in one snapshot); a read by day, which first
-  reads the merchant's ``days_through`` watermark, runs in one REPEATABLE READ transaction.
+* **Reads** of one statement are one snapshot (both layers in one statement); a read of
+  several (a read by day, which first reads the merchant's ``days_through`` watermark; layer
+  totals) runs in one ``REPEATABLE READ READ ONLY`` transaction. Writes run at READ
+  COMMITTED and lock the rows they read to decide (``FOR UPDATE``).
 * **Partitions**: speed and final rollups are partitioned by month of ``bucket``, created on
-  demand (:mod:`mercato.store.postgres_schema`).
+  demand before a write's transaction (:mod:`mercato.store.postgres_schema`).
+* **Errors**: a server that is away or a pool with no free connection in time
+  (``OperationalError``) makes the store unavailable.
 * **Schema**: run ``mercato db migrate`` first; the store refuses an unmigrated or newer
   database with a one-line error naming that command.
 
@@ -44,48 +49,30 @@ plain PostgreSQL only, never on a Citus cluster.
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, merge, merge_sketches
-from mercato.store.base import (
-    REGISTERED,
-    DefinitionVersion,
-    SealedHour,
-    check_expected_offsets,
-    check_timezone,
-    conform_partials,
-    days_watermark,
-    metric_names,
-)
-from mercato.store.errors import (
-    InvalidPartialsError,
-    StoreClosedError,
-    StoreError,
-    StoreUnavailableError,
-    StoreWriteError,
-    UnknownVersionError,
-)
-from mercato.store.postgres_ops import Connection, PostgresDays, PostgresJobs, PostgresVersions
+from mercato.metrics.kernel import merge, merge_sketches
+from mercato.store.dialect import Dialect, first_line
+from mercato.store.errors import StoreClosedError, StoreError
 from mercato.store.postgres_schema import check_schema, ensure_partitions, month_of, where
-from mercato.store.sqlite import _table
+from mercato.store.sql import COLUMNS, FINAL, SPEED, SqlStore, rows_of, upsert
 
 if TYPE_CHECKING:
     from mercato.config import StoreConfig
 
-COLUMNS = ", ".join(PARTIAL_SCHEMA.names)
-DAY_COLUMNS = COLUMNS.replace("bucket", "day")
-KEY_COLUMNS = "merchant_id, version, metric, dimension, member, bucket"
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+KEY_COLUMNS = "merchant_id, version, metric, dimension, member, bucket"  # the rollups' key
 INCOMING = f"""
     CREATE TEMPORARY TABLE IF NOT EXISTS incoming (
         version bigint, merchant_id text COLLATE "C", metric text COLLATE "C",
@@ -94,24 +81,16 @@ INCOMING = f"""
         PRIMARY KEY ({KEY_COLUMNS})
     ) ON COMMIT DELETE ROWS
 """
-SET_OFFSET = """
-    INSERT INTO consumer_offsets (consumer, partition, next_offset) VALUES (%s, %s, %s)
-    ON CONFLICT (consumer, partition) DO UPDATE SET next_offset = excluded.next_offset
-"""
 
 
 def _upsert(table: str) -> str:
-    return f"""
-        INSERT INTO {table} (version, {COLUMNS})
-        SELECT version, {COLUMNS} FROM incoming ORDER BY {KEY_COLUMNS}  -- writers lock in one order
-        ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET
-            count = coalesce({table}.count + excluded.count, {table}.count, excluded.count),
-            sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),
-            min = least({table}.min, excluded.min),
-            max = greatest({table}.max, excluded.max),
-            sketch = coalesce(excluded.sketch, {table}.sketch),
-            invalid = {table}.invalid + excluded.invalid
-    """
+    return upsert(
+        table,
+        f"SELECT version, {COLUMNS} FROM incoming ORDER BY {KEY_COLUMNS}",  # one lock order
+        least="least",
+        greatest="greatest",
+        sketch=f"coalesce(excluded.sketch, {table}.sketch)",  # united before (_unite_sketches)
+    )
 
 
 def _lock_sketches(table: str) -> tuple[str, str]:
@@ -129,342 +108,75 @@ def _lock_sketches(table: str) -> tuple[str, str]:
     return placeholders, locked
 
 
-SPEED, FINAL = "speed_rollups", "final_rollups"
 UPSERTS = {SPEED: _upsert(SPEED), FINAL: _upsert(FINAL)}
 LOCKS = {SPEED: _lock_sketches(SPEED), FINAL: _lock_sketches(FINAL)}
 
 
-class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
-    """The store in the PostgreSQL database at ``dsn``, migrated by ``mercato db migrate``."""
+@functools.cache
+def _placeholders(statement: str) -> str:
+    return statement.replace("%", "%%").replace("?", "%s")
 
-    def __init__(self, dsn: str, config: StoreConfig) -> None:
-        self._dsn = dsn
-        self._closed = False
+
+class PostgresDialect(Dialect[Connection]):
+    """PostgreSQL's way: ``%s``, ``= ANY(…)``, row locks, ``COPY``, sketches united in
+    Python, monthly partitions."""
+
+    error = psycopg.Error
+    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    begin_write = "BEGIN"
+    lock = " FOR UPDATE"
+
+    def __init__(self) -> None:
         self._months: set[int] = set()  # partitions known to exist
         self._months_lock = threading.Lock()
-        timeout = config.connect_timeout_seconds
-        try:  # one connection first: its error says why, and the schema is checked once
-            with psycopg.connect(dsn, connect_timeout=max(round(timeout), 1)) as db:
-                check_schema(db, dsn)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot connect to the store {where(dsn)}: {_first_line(exc)}"
-            ) from exc
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=max(config.pool_size, 1),
-            kwargs={"autocommit": True},
-            open=False,
+
+    def sql(self, statement: str) -> str:
+        return _placeholders(statement)
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+        return f"{column} = ANY(?)", (list(values),)
+
+    def in_transaction(self, db: Connection) -> bool:
+        status = db.info.transaction_status
+        return status in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+    def unavailable(self, exc: Exception) -> bool:
+        return isinstance(exc, psycopg.OperationalError)  # the server away, the pool exhausted
+
+    def executemany(self, db: Connection, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        with db.cursor() as cursor:
+            cursor.executemany(statement, rows)
+
+    def prepare(self, db: Connection, partials: pa.Table) -> pa.Table:
+        table = _merged(partials)
+        self._partitions(db, table)
+        return table
+
+    def merge(self, db: Connection, table: str, version: int, partials: pa.Table) -> None:
+        if not partials.num_rows:
+            return
+        db.execute(INCOMING)
+        self.insert(db, "incoming", f"version, {COLUMNS}", rows_of(version, partials))
+        with db.cursor() as cursor:
+            if pc.any(pc.is_valid(partials["sketch"])).as_py():
+                _unite_sketches(cursor, table)
+            cursor.execute(UPSERTS[table])
+            cursor.execute("DELETE FROM incoming")  # a later write in this transaction starts empty
+
+    def insert(
+        self, db: Connection, table: str, columns: str, rows: Iterable[Sequence[Any]]
+    ) -> None:
+        with db.cursor() as cursor, cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def take_turns(self, db: Connection, name: str, numbers: list[int]) -> None:
+        # Advisory locks, as a row lock cannot guard a row not stored yet; in order, so two
+        # transactions never wait for each other.
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s), n) FROM unnest(%s::int[]) AS n ORDER BY n",
+            (name, numbers),
         )
-        try:
-            self._pool.open(wait=True, timeout=timeout)
-        except psycopg.Error as exc:  # PoolTimeout
-            self._pool.close()
-            raise StoreError(f"cannot connect to the store {where(dsn)}: {exc}") from exc
-
-    # -- definitions versions ---------------------------------------------------------------
-
-    def register_version(self, hash: str, text: str) -> int:
-        with self._connection() as db:
-            db.execute(
-                "INSERT INTO definition_versions (hash, text, created_at, state)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (hash) DO NOTHING",
-                (hash, text, _now_ms(), REGISTERED),
-            )
-            row = db.execute("SELECT id FROM definition_versions WHERE hash = %s", (hash,))
-            return int(_one(row.fetchone()))
-
-    def versions(self) -> list[DefinitionVersion]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT id, hash, text, created_at, state FROM definition_versions ORDER BY id"
-            ).fetchall()
-        return [
-            DefinitionVersion(id, hash, text, datetime.fromtimestamp(ms / 1000, UTC), state)
-            for id, hash, text, ms, state in rows
-        ]
-
-    def serving_version(self) -> int | None:
-        with self._connection() as db:
-            row = db.execute("SELECT version FROM serving_version").fetchone()
-        return None if row is None else int(row[0])
-
-    def set_serving_version(self, version: int) -> None:
-        with self._connection() as db, db.transaction():
-            _check_version(db, version)
-            row = db.execute("SELECT version FROM serving_version FOR UPDATE").fetchone()
-            previous = None if row is None else int(row[0])
-            if previous == version:
-                return
-            db.execute(
-                "INSERT INTO serving_version (singleton, version) VALUES (1, %s)"
-                " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
-                (version,),
-            )
-            db.execute(
-                "INSERT INTO serving_changes (version, previous, changed_at) VALUES (%s, %s, %s)",
-                (version, previous, _now_ms()),
-            )
-
-    # -- rollups and offsets ----------------------------------------------------------------
-
-    def write(
-        self,
-        version: int,
-        consumer: str,
-        partials: pa.Table,
-        offsets: Mapping[int, int],
-        expect: Mapping[int, int | None] | None = None,
-    ) -> None:
-        table = _merged(conform_partials(partials), f"write for {consumer!r}")
-        positions = [(consumer, int(p), int(o)) for p, o in offsets.items()]
-        with self._connection() as db:
-            self._partitions(db, table)
-            try:
-                with db.transaction():
-                    _check_version(db, version)
-                    if expect:
-                        _check_offsets(db, consumer, expect)
-                    _upsert_rows(db, SPEED, version, table)
-                    if positions:
-                        with db.cursor() as cursor:
-                            cursor.executemany(SET_OFFSET, positions)
-            except psycopg.Error as exc:
-                raise StoreWriteError(
-                    f"write of {table.num_rows} partials for {consumer!r} was rolled back:"
-                    f" {_first_line(exc)}"
-                ) from exc
-
-    def write_sealed_hour(
-        self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
-    ) -> None:
-        table = _merged(conform_partials(partials), f"seal of hour {hour}")
-        end = hour + 3600
-        if table.num_rows:
-            buckets = table["bucket"]
-            low, high = pc.min(buckets).as_py(), pc.max(buckets).as_py()
-            if low < hour or high >= end:
-                raise InvalidPartialsError(f"partials of hour {hour} have buckets outside it")
-        with self._connection() as db:
-            self._partitions(db, table)
-            try:
-                with db.transaction():
-                    _check_version(db, version)
-                    # Seals of one hour take turns: under READ COMMITTED a second seal's
-                    # DELETE would not see the first's new rows, and its upsert would then
-                    # add to them (the hour counted twice). Once it holds the lock, its
-                    # DELETE sees them.
-                    db.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext('seal/' || %s::text), %s)",
-                        (version, hour // 3600 % 2**31),
-                    )
-                    db.execute(
-                        "DELETE FROM final_rollups"
-                        " WHERE version = %s AND bucket >= %s AND bucket < %s",
-                        (version, hour, end),
-                    )
-                    _upsert_rows(db, FINAL, version, table)
-                    db.execute(
-                        "INSERT INTO sealed_hours (version, hour, fingerprint, events, sealed_at)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version, hour) DO UPDATE SET"
-                        " fingerprint = excluded.fingerprint, events = excluded.events,"
-                        " sealed_at = excluded.sealed_at",
-                        (version, hour, fingerprint, events, _now_ms()),
-                    )
-            except psycopg.Error as exc:
-                raise StoreWriteError(
-                    f"seal of hour {hour} was rolled back: {_first_line(exc)}"
-                ) from exc
-
-    def sealed_hours(self, version: int) -> dict[int, SealedHour]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT hour, fingerprint, events, sealed_at FROM sealed_hours WHERE version = %s",
-                (version,),
-            ).fetchall()
-        return {
-            int(hour): SealedHour(int(hour), fingerprint, int(events), int(ms))
-            for hour, fingerprint, events, ms in rows
-        }
-
-    def set_watermark(self, name: str, version: int, value: int) -> None:
-        with self._connection() as db:
-            db.execute(
-                "INSERT INTO watermarks (name, version, value) VALUES (%s, %s, %s)"
-                " ON CONFLICT (name, version) DO UPDATE SET value = excluded.value",
-                (name, version, value),
-            )
-
-    def watermark(self, name: str, version: int) -> int | None:
-        with self._connection() as db:
-            row = db.execute(
-                "SELECT value FROM watermarks WHERE name = %s AND version = %s", (name, version)
-            ).fetchone()
-        return None if row is None else int(row[0])
-
-    def offsets(self, consumer: str) -> dict[int, int]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = %s",
-                (consumer,),
-            ).fetchall()
-        return {int(p): int(o) for p, o in rows}
-
-    def read(
-        self,
-        version: int,
-        merchant_id: str,
-        metrics: Sequence[str],
-        start: int,
-        end: int,
-        dimension: str = "",
-        sealed_through: int | None = None,
-    ) -> pa.Table:
-        return _table(
-            self.read_rows(version, merchant_id, metrics, start, end, dimension, sealed_through)
-        )
-
-    def read_rows(
-        self,
-        version: int,
-        merchant_id: str,
-        metrics: Sequence[str],
-        start: int,
-        end: int,
-        dimension: str = "",
-        sealed_through: int | None = None,
-    ) -> list[tuple[Any, ...]]:
-        names = metric_names(metrics)
-        if not names:
-            return []
-        cut = start if sealed_through is None else min(max(sealed_through, start), end)
-        params = (merchant_id, version, names, dimension)
-        with self._connection() as db:
-            # one statement, so both layers come from the same snapshot
-            rows: list[tuple[Any, ...]] = db.execute(
-                f"SELECT {COLUMNS} FROM final_rollups WHERE {WHERE}"
-                f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {WHERE}"
-                " ORDER BY metric, dimension, member, bucket",
-                (*params, start, cut, *params, cut, end),
-            ).fetchall()
-        return rows
-
-    def read_rows_by_day(
-        self,
-        version: int,
-        merchant_id: str,
-        metrics: Sequence[str],
-        start: int,
-        end: int,
-        dimension: str = "",
-        sealed_through: int | None = None,
-    ) -> list[tuple[Any, ...]]:
-        names = metric_names(metrics)
-        if not names:
-            return []
-        params = (merchant_id, version, names, dimension)
-        with self._connection() as db, db.transaction():
-            # one snapshot: the watermark and the rows it speaks for
-            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = db.execute(
-                "SELECT value FROM watermarks WHERE name = %s AND version = %s",
-                (days_watermark(merchant_id), version),
-            ).fetchone()
-            days = min(max(start, int(row[0])), end) if row else start
-            low = days if sealed_through is None else max(days, sealed_through)
-            cut = min(low, end)
-            rows: list[tuple[Any, ...]] = db.execute(
-                f"SELECT {DAY_COLUMNS} FROM daily_rollups WHERE {WHERE.replace('bucket', 'day')}"
-                f" UNION ALL SELECT {COLUMNS} FROM final_rollups WHERE {WHERE}"
-                f" UNION ALL SELECT {COLUMNS} FROM speed_rollups WHERE {WHERE}"
-                " ORDER BY 2, 3, 4, 5",
-                (*params, start, days, *params, days, cut, *params, cut, end),
-            ).fetchall()
-        return rows
-
-    def members(
-        self,
-        version: int,
-        merchant_id: str,
-        metric: str,
-        dimension: str,
-        start: int,
-        end: int,
-        sealed_through: int | None = None,
-    ) -> list[tuple[str, int]]:
-        params = (merchant_id, version, [metric], dimension)
-        cut = start if sealed_through is None else min(max(sealed_through, start), end)
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT member, coalesce(sum(count), 0)::bigint AS total FROM ("
-                f" SELECT member, count FROM final_rollups WHERE {WHERE}"
-                f" UNION ALL SELECT member, count FROM speed_rollups WHERE {WHERE}"
-                ") AS layers GROUP BY member ORDER BY total DESC, member",
-                (*params, start, cut, *params, cut, end),
-            ).fetchall()
-        return [(str(member), int(total)) for member, total in rows]
-
-    # -- merchants --------------------------------------------------------------------------
-
-    def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
-        check_timezone(timezone)
-        with self._connection() as db, db.transaction():
-            db.execute(  # the row exists and is locked: concurrent changes take turns
-                "INSERT INTO merchants (merchant_id, timezone, updated_at) VALUES (%s, NULL, %s)"
-                " ON CONFLICT (merchant_id) DO NOTHING",
-                (merchant_id, _now_ms()),
-            )
-            row = db.execute(
-                "SELECT timezone FROM merchants WHERE merchant_id = %s FOR UPDATE", (merchant_id,)
-            ).fetchone()
-            db.execute(
-                "UPDATE merchants SET timezone = %s, updated_at = %s WHERE merchant_id = %s",
-                (timezone, _now_ms(), merchant_id),
-            )
-            if ((row[0] if row else None) or "UTC") != timezone:  # its local days changed
-                db.execute("DELETE FROM daily_rollups WHERE merchant_id = %s", (merchant_id,))
-                db.execute(  # 0: derive every day again
-                    "UPDATE watermarks SET value = 0 WHERE name = %s",
-                    (days_watermark(merchant_id),),
-                )
-
-    def merchant_timezone(self, merchant_id: str) -> str | None:
-        with self._connection() as db:
-            row = db.execute(
-                "SELECT timezone FROM merchants WHERE merchant_id = %s", (merchant_id,)
-            ).fetchone()
-        return None if row is None else row[0]
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the pool; calls in flight finish first."""
-        self._closed = True
-        self._pool.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextmanager
-    def _connection(self) -> Iterator[Connection]:
-        if self._closed:
-            raise StoreClosedError("the PostgreSQL store is closed")
-        try:
-            with self._pool.connection() as db:
-                yield db
-        except psycopg.OperationalError as exc:  # the server away, the pool exhausted
-            raise StoreUnavailableError(f"PostgreSQL store: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL store: {_first_line(exc)}") from exc
 
     def _partitions(self, db: Connection, table: pa.Table) -> None:
         """Make sure the monthly partitions of ``table``'s buckets exist."""
@@ -483,35 +195,56 @@ class PostgresStore(PostgresJobs, PostgresVersions, PostgresDays):
                 self._months |= missing
 
 
-WHERE = (
-    "merchant_id = %s AND version = %s AND metric = ANY(%s) AND dimension = %s"
-    " AND bucket >= %s AND bucket < %s"
-)
+class PostgresStore(SqlStore[Connection]):
+    """The store in the PostgreSQL database at ``dsn``, migrated by ``mercato db migrate``."""
+
+    def __init__(self, dsn: str, config: StoreConfig) -> None:
+        self._dsn = dsn
+        self._dialect = PostgresDialect()
+        self._name = "PostgreSQL store"
+        self._closed = False
+        timeout = config.connect_timeout_seconds
+        try:  # one connection first: its error says why, and the schema is checked once
+            with psycopg.connect(dsn, connect_timeout=max(round(timeout), 1)) as db:
+                check_schema(db, dsn)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to the store {where(dsn)}: {first_line(exc)}"
+            ) from exc
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max(config.pool_size, 1),
+            kwargs={"autocommit": True},  # transactions are explicit: BEGIN … COMMIT
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except psycopg.Error as exc:  # PoolTimeout
+            self._pool.close()
+            raise StoreError(f"cannot connect to the store {where(dsn)}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the pool; calls in flight finish first."""
+        self._closed = True
+        self._pool.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if self._closed:
+            raise StoreClosedError("the PostgreSQL store is closed")
+        with self._pool.connection() as db:
+            yield db
 
 
-def _merged(table: pa.Table, what: str) -> pa.Table:
+def _merged(table: pa.Table) -> pa.Table:
     """One row per key (``ON CONFLICT`` may meet each key once per statement)."""
     if table.num_rows < 2:
         return table
     try:
         return merge([table])
     except Exception as exc:  # a sketch that is not one
-        raise StoreWriteError(f"{what} was refused: {_first_line(exc)}") from exc
-
-
-def _upsert_rows(db: Connection, target: str, version: int, table: pa.Table) -> None:
-    if not table.num_rows:
-        return
-    db.execute(INCOMING)
-    with db.cursor() as cursor:
-        with cursor.copy(f"COPY incoming (version, {COLUMNS}) FROM STDIN") as copy:
-            columns = [table[name].to_pylist() for name in PARTIAL_SCHEMA.names]
-            for values in zip(*columns, strict=True):
-                copy.write_row((version, *values))
-        if pc.any(pc.is_valid(table["sketch"])).as_py():
-            _unite_sketches(cursor, target)
-        cursor.execute(UPSERTS[target])
-        cursor.execute("DELETE FROM incoming")  # a later write in this transaction starts empty
+        raise psycopg.DataError(f"partials do not merge: {first_line(exc)}") from exc
 
 
 def _unite_sketches(cursor: psycopg.Cursor[tuple[Any, ...]], target: str) -> None:
@@ -533,47 +266,10 @@ def _unite_sketches(cursor: psycopg.Cursor[tuple[Any, ...]], target: str) -> Non
             for row, key in zip(stored, keys, strict=True)
         ]
     except Exception as exc:  # a stored or incoming sketch that is not one
-        raise psycopg.DataError(f"sketches do not merge: {_first_line(exc)}") from exc
+        raise psycopg.DataError(f"sketches do not merge: {first_line(exc)}") from exc
     cursor.executemany(
         "UPDATE incoming SET sketch = %s WHERE"
         " merchant_id = %s AND version = %s AND metric = %s AND dimension = %s"
         " AND member = %s AND bucket = %s",
         united,
     )
-
-
-def _check_offsets(db: Connection, consumer: str, expect: Mapping[int, int | None]) -> None:
-    """Fence a write (see ``Store.write``): lock each expected partition of ``consumer`` for
-    the rest of the transaction, in partition order (no deadlock between writers), then
-    compare. A row lock cannot guard an offset not stored yet; an advisory lock can."""
-    partitions = sorted(int(p) for p in expect)
-    db.execute(
-        "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS p ORDER BY p",
-        (consumer, partitions),
-    )
-    rows = db.execute(
-        "SELECT partition, next_offset FROM consumer_offsets"
-        " WHERE consumer = %s AND partition = ANY(%s)",
-        (consumer, partitions),
-    ).fetchall()
-    check_expected_offsets(consumer, expect, {int(p): int(o) for p, o in rows})
-
-
-def _check_version(db: Connection, version: int) -> None:
-    if db.execute("SELECT 1 FROM definition_versions WHERE id = %s", (version,)).fetchone() is None:
-        raise UnknownVersionError(version)
-
-
-def _one(row: tuple[Any, ...] | None) -> Any:
-    if row is None:
-        raise StoreError("PostgreSQL store: a row expected, none returned")
-    return row[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

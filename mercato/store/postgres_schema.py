@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from mercato.store.dialect import first_line
 from mercato.store.errors import InvalidPartialsError, StoreSchemaError
+from mercato.store.schema import Types, invalid_column, tables
 
 MIGRATE_COMMAND = "mercato db migrate"
 PARTITIONED = ("speed_rollups", "final_rollups")
@@ -47,70 +49,25 @@ def _rollups(name: str) -> str:
     return f"CREATE TABLE {name} ({columns}) PARTITION BY RANGE (bucket)"
 
 
+TYPES = Types(
+    serial="bigserial PRIMARY KEY",
+    integer="bigint",
+    small="integer",
+    key='text COLLATE "C"',  # compared byte by byte, as SQLite compares
+    text="text",
+    keyed="",
+)
+
 # Append only: a released migration is never edited, a change is a new entry.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
-        """
-        CREATE TABLE definition_versions (
-            id         bigserial PRIMARY KEY,
-            hash       text COLLATE "C" NOT NULL UNIQUE,
-            text       text   NOT NULL,
-            created_at bigint NOT NULL,  -- epoch milliseconds
-            state      text   NOT NULL DEFAULT 'registered'
-        )
-        """,
-        """
-        CREATE TABLE serving_version (
-            singleton integer PRIMARY KEY CHECK (singleton = 1),
-            version   bigint  NOT NULL REFERENCES definition_versions (id)
-        )
-        """,
-        """
-        CREATE TABLE serving_changes (
-            id         bigserial PRIMARY KEY,
-            version    bigint NOT NULL,
-            previous   bigint,
-            changed_at bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
+        *tables(TYPES, "definition_versions", "serving_version", "serving_changes"),
         _rollups("speed_rollups"),
         _rollups("final_rollups"),
         # a seal replaces an hour of final rows across merchants
         "CREATE INDEX final_rollups_by_bucket ON final_rollups (version, bucket)",
         f"CREATE TABLE daily_rollups ({_ROLLUP_COLUMNS.format(time='day')})",
-        """
-        CREATE TABLE consumer_offsets (
-            consumer    text COLLATE "C" NOT NULL,
-            partition   integer NOT NULL,
-            next_offset bigint  NOT NULL,
-            PRIMARY KEY (consumer, partition)
-        )
-        """,
-        """
-        CREATE TABLE merchants (
-            merchant_id text COLLATE "C" NOT NULL PRIMARY KEY,
-            timezone    text,
-            updated_at  bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
-        """
-        CREATE TABLE sealed_hours (
-            version     bigint NOT NULL,
-            hour        bigint NOT NULL,  -- epoch seconds at which the UTC hour starts
-            fingerprint text   NOT NULL,  -- of the archive files the seal read
-            events      bigint NOT NULL,  -- distinct events counted
-            sealed_at   bigint NOT NULL,  -- epoch milliseconds
-            PRIMARY KEY (version, hour)
-        )
-        """,
-        """
-        CREATE TABLE watermarks (
-            name    text COLLATE "C" NOT NULL,  -- e.g. "sealed_through"
-            version bigint NOT NULL,
-            value   bigint NOT NULL,
-            PRIMARY KEY (name, version)
-        )
-        """,
+        *tables(TYPES, "consumer_offsets", "merchants", "sealed_hours", "watermarks"),
         """
         CREATE TABLE job_runs (
             id          bigserial PRIMARY KEY,
@@ -125,22 +82,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX job_runs_by_job ON job_runs (job, id)",
-        """
-        CREATE TABLE leases (
-            name       text COLLATE "C" NOT NULL PRIMARY KEY,  -- e.g. "scheduler"
-            holder     text   NOT NULL,
-            expires_at bigint NOT NULL  -- epoch milliseconds
-        )
-        """,
+        *tables(TYPES, "leases"),
     ),
     (  # 2: events a metric matched but could not use (see mercato.metrics.kernel)
-        *(
-            f"ALTER TABLE {table} ADD COLUMN invalid bigint NOT NULL DEFAULT 0"
-            for table in ("speed_rollups", "final_rollups", "daily_rollups")
-        ),
-        # the few rows that have some, for totals across merchants
-        "CREATE INDEX speed_rollups_invalid ON speed_rollups (version, bucket) WHERE invalid > 0",
-        "CREATE INDEX final_rollups_invalid ON final_rollups (version, bucket) WHERE invalid > 0",
+        *invalid_column(TYPES),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -164,7 +109,7 @@ def migrate(dsn: str) -> tuple[int, int]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
     except psycopg.Error as exc:
-        raise StoreSchemaError(f"cannot migrate {where(dsn)}: {_first_line(exc)}") from exc
+        raise StoreSchemaError(f"cannot migrate {where(dsn)}: {first_line(exc)}") from exc
     return before, SCHEMA_VERSION
 
 
@@ -227,7 +172,3 @@ def where(dsn: str) -> str:
         return "PostgreSQL"
     host, name = info.get("host") or "localhost", info.get("dbname") or "?"
     return f"postgresql database {name} on {host}"
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

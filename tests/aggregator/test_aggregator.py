@@ -1,19 +1,23 @@
-"""The aggregator with the in-memory log and store: exactly-once counting across restarts."""
+"""The aggregator with the in-memory log and a store in a temporary directory: exactly-once
+counting across restarts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from mercato.aggregator.aggregator import Aggregator
 from mercato.aggregator.errors import AggregatorError
+from mercato.config import StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import parse_definitions
-from mercato.store.memory import MemoryStore
+from mercato.store.base import RollupStore
+from mercato.store.sqlite import SqliteStore
 
 DEFINITIONS = parse_definitions(
     """
@@ -38,7 +42,7 @@ def order(event_id: str, merchant: str = "m_1", amount: int = 100) -> Record:
     return Record(merchant, encode_event(event))
 
 
-def totals(store: MemoryStore, version: int, merchant: str) -> dict[str, tuple[int, int | None]]:
+def totals(store: RollupStore, version: int, merchant: str) -> dict[str, tuple[int, int | None]]:
     table = store.read(version, merchant, ["orders", "revenue"], *DAY)
     out: dict[str, tuple[int, int | None]] = {}
     for row in table.to_pylist():
@@ -56,7 +60,7 @@ def drain(aggregator: Aggregator) -> None:
 
 
 def test_counts_every_event_once():
-    log, store = MemoryLog(4), MemoryStore()
+    log, store = MemoryLog(4), SqliteStore.temporary()
     log.append([order(f"e{i}", f"m_{i % 3}", amount=i) for i in range(300)])
     aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=50)
     drain(aggregator)
@@ -73,7 +77,7 @@ def test_counts_every_event_once():
 
 
 def test_duplicate_deliveries_are_dropped_within_the_window():
-    log, store = MemoryLog(2), MemoryStore()
+    log, store = MemoryLog(2), SqliteStore.temporary()
     log.append([order("a"), order("b"), order("a")])
     aggregator = Aggregator(log, store, DEFINITIONS)
     drain(aggregator)
@@ -84,7 +88,7 @@ def test_duplicate_deliveries_are_dropped_within_the_window():
 
 
 def test_same_id_from_two_merchants_is_two_events():
-    log, store = MemoryLog(1), MemoryStore()
+    log, store = MemoryLog(1), SqliteStore.temporary()
     log.append([order("x", "m_1"), order("x", "m_2")])
     aggregator = Aggregator(log, store, DEFINITIONS)
     drain(aggregator)
@@ -93,7 +97,7 @@ def test_same_id_from_two_merchants_is_two_events():
 
 
 def test_a_restart_resumes_from_the_stored_offsets_and_remembers_ids():
-    log, store = MemoryLog(2), MemoryStore()
+    log, store = MemoryLog(2), SqliteStore.temporary()
     log.append([order(f"e{i}") for i in range(10)])
     first = Aggregator(log, store, DEFINITIONS)
     drain(first)
@@ -110,7 +114,7 @@ def test_a_failed_write_counts_nothing_and_is_retried():
     log = MemoryLog(2)
     log.append([order(f"e{i}") for i in range(20)])
 
-    class FailingOnce(MemoryStore):
+    class FailingOnce(SqliteStore):
         failed = False
 
         def write(self, *args, **kwargs):
@@ -119,7 +123,7 @@ def test_a_failed_write_counts_nothing_and_is_retried():
                 raise OSError("disk went away")
             return super().write(*args, **kwargs)
 
-    flaky = FailingOnce()
+    flaky = FailingOnce.temporary()
     aggregator = Aggregator(log, flaky, DEFINITIONS)
     with pytest.raises(OSError, match="disk went away"):
         aggregator.poll()
@@ -130,7 +134,7 @@ def test_a_failed_write_counts_nothing_and_is_retried():
 
 
 def test_records_that_are_not_events_are_skipped_and_counted():
-    log, store = MemoryLog(1), MemoryStore()
+    log, store = MemoryLog(1), SqliteStore.temporary()
     log.append([order("a"), Record("m_1", b"not json"), Record("m_1", b'{"x": 1}'), order("b")])
     aggregator = Aggregator(log, store, DEFINITIONS)
     drain(aggregator)
@@ -140,7 +144,7 @@ def test_records_that_are_not_events_are_skipped_and_counted():
 
 
 def test_aggregators_own_disjoint_partitions():
-    log, store = MemoryLog(4), MemoryStore()
+    log, store = MemoryLog(4), SqliteStore.temporary()
     log.append([order(f"e{i}", f"m_{i}") for i in range(40)])
     low = Aggregator(log, store, DEFINITIONS, partitions=[0, 1])
     high = Aggregator(log, store, DEFINITIONS, partitions=[2, 3])
@@ -153,11 +157,11 @@ def test_aggregators_own_disjoint_partitions():
 
 def test_unknown_partition_is_refused():
     with pytest.raises(AggregatorError, match="partition 9"):
-        Aggregator(MemoryLog(2), MemoryStore(), DEFINITIONS, partitions=[9])
+        Aggregator(MemoryLog(2), SqliteStore.temporary(), DEFINITIONS, partitions=[9])
 
 
 def test_a_batch_of_only_duplicates_still_moves_on():
-    log, store = MemoryLog(1), MemoryStore()
+    log, store = MemoryLog(1), SqliteStore.temporary()
     log.append([order("a"), order("b")])
     aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=2)
     drain(aggregator)
@@ -168,7 +172,7 @@ def test_a_batch_of_only_duplicates_still_moves_on():
 
 
 def test_partitions_handed_over_between_batches_count_every_event_once():
-    log, store = MemoryLog(4), MemoryStore()
+    log, store = MemoryLog(4), SqliteStore.temporary()
     log.append([order(f"e{i}", f"m_{i % 7}", amount=i) for i in range(400)])
     first = Aggregator(log, store, DEFINITIONS, partitions=[0, 1, 2, 3], max_batch_records=20)
     second = Aggregator(log, store, DEFINITIONS, partitions=[], max_batch_records=20)
@@ -187,12 +191,12 @@ def test_partitions_handed_over_between_batches_count_every_event_once():
         }
 
 
-class StallingStore(MemoryStore):
+class StallingStore(SqliteStore):
     """Runs ``meanwhile`` just before the next write: another aggregator's work, done while
     this one was stalled between reading its batch and storing it."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        super().__init__(path, config)
         self.meanwhile: list[Callable[[], object]] = []
 
     def write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -202,7 +206,7 @@ class StallingStore(MemoryStore):
 
 
 def test_a_stalled_aggregator_is_fenced_when_another_took_its_partitions():
-    log, store = MemoryLog(2), StallingStore()
+    log, store = MemoryLog(2), StallingStore.temporary()
     log.append([order(f"e{i}", f"m_{i % 7}", amount=i) for i in range(100)])
     assert log.end_offset(0) > 20
     assert log.end_offset(1) > 20

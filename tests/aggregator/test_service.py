@@ -14,19 +14,17 @@ from mercato.log.assignment import StaticAssignment
 from mercato.log.errors import LogCorruptionError
 from mercato.log.memory import MemoryLog
 from mercato.store.errors import StoreUnavailableError, StoreWriteError
-from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
 
 from .test_aggregator import DEFINITIONS, order, totals
 
 
-class AwayStore(MemoryStore):
+class AwayStore(SqliteStore):
     """Refuses the first ``failures`` writes as a database that is away would, alternating
     a lost connection and a write rolled back."""
 
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-        self.refused = 0
+    failures = 0
+    refused = 0
 
     def write(self, *args: Any, **kwargs: Any) -> None:
         if self.refused < self.failures:
@@ -61,7 +59,8 @@ def run_until(aggregator: Aggregator, done: Any, seconds: float = 30) -> None:
 
 def test_the_loop_rides_out_a_store_that_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "retry_pause", lambda failures: 0.01)
-    log, store = MemoryLog(2), AwayStore(failures=5)
+    log, store = MemoryLog(2), AwayStore.temporary()
+    store.failures = 5
     log.append([order(f"e{i}", f"m_{i % 3}", amount=i) for i in range(60)])
     aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=10)
     run_until(aggregator, lambda: not any(aggregator.lag().values()))
@@ -75,7 +74,7 @@ def test_the_loop_rides_out_a_store_that_is_away(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_loop_stops_on_a_corrupt_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    log, store = MemoryLog(2), MemoryStore()
+    log, store = MemoryLog(2), SqliteStore.temporary()
     log.append([order("e1")])
     aggregator = Aggregator(log, store, DEFINITIONS)
 

@@ -8,7 +8,7 @@ from mercato.log.base import Log, Record
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
 from mercato.log.memory import MemoryLog
-from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
 
 from ..aggregator.test_aggregator import DEFINITIONS, drain, order, totals
 from .conftest import kafka_config
@@ -20,8 +20,8 @@ def batches() -> list[list[Record]]:
     return [events[:250], events[250:], redelivered]
 
 
-def run(log: Log) -> tuple[MemoryStore, int]:
-    store = MemoryStore()
+def run(log: Log) -> tuple[SqliteStore, int]:
+    store = SqliteStore.temporary()
     first, second, third = batches()
     log.append(first)
     aggregator = Aggregator(log, store, DEFINITIONS, max_batch_records=64)

@@ -12,7 +12,7 @@ from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import rollup
 from mercato.query.periods import local_midnight, periods
 from mercato.query.series import MerchantView, timeseries
-from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
 
 DEFINITIONS = load_definitions()
 START = datetime(2026, 3, 27, 0, 0, tzinfo=UTC)
@@ -38,7 +38,7 @@ def orders(n=3000):
 @pytest.fixture(scope="module")
 def loaded():
     events = orders()
-    store = MemoryStore()
+    store = SqliteStore.temporary()
     version = store.register_version(DEFINITIONS.version, "{}")
     table = BatchBuilder(DEFINITIONS).batch([encode_event(e) for e in events])
     store.write(version, "test", rollup(table, DEFINITIONS), {})

@@ -10,17 +10,17 @@ from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
 from mercato.query.tokens import TokenSigner
 from mercato.store.errors import StoreUnavailableError
-from mercato.store.memory import MemoryStore
+from mercato.store.sqlite import SqliteStore
 
 
-class AwayStore(MemoryStore):
+class AwayStore(SqliteStore):
     def serving_version(self) -> int | None:
         raise StoreUnavailableError("PostgreSQL store: connection refused")
 
 
 def test_a_store_that_is_away_is_503_with_retry_after() -> None:
     signer = TokenSigner("secret")
-    api = QueryApi(ApiConfig(), AwayStore(), load_definitions(), signer, "admin")
+    api = QueryApi(ApiConfig(), AwayStore.temporary(), load_definitions(), signer, "admin")
     token = signer.issue("m_1", 60)[0]
     answer = call(
         api.app, "GET", "/v1/metrics/orders", headers={"authorization": f"Bearer {token}"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +13,8 @@ import pytest
 from mercato.config import Config
 from mercato.scheduler.clock import ManualClock
 from mercato.scheduler.jobs import Outcome
-from mercato.store.memory import MemoryStore
+from mercato.store.base import JobStore
+from mercato.store.sqlite import SqliteStore
 
 START = datetime(2026, 11, 26, 10, 2, tzinfo=UTC)
 
@@ -76,5 +77,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store() -> Iterator[JobStore]:
+    """The scheduler's part of a real store: SQLite in a temporary directory."""
+    with SqliteStore.temporary() as store:
+        yield store

@@ -17,7 +17,7 @@ from mercato.demo.runner import free_port
 from mercato.scheduler.clock import ManualClock
 from mercato.scheduler.jobs import Outcome
 from mercato.scheduler.scheduler import Scheduler
-from mercato.store.memory import MemoryStore
+from mercato.store.base import JobStore
 
 from .conftest import FakeRunner, job, make_config
 
@@ -71,7 +71,7 @@ def always(outcome: Outcome) -> FakeRunner:
 
 
 def test_the_command_hook_runs_once_after_the_last_attempt(
-    tmp_path: Path, store: MemoryStore, clock: ManualClock
+    tmp_path: Path, store: JobStore, clock: ManualClock
 ) -> None:
     calls = tmp_path / "hook.jsonl"
     config = make_config(
@@ -92,9 +92,7 @@ def test_the_command_hook_runs_once_after_the_last_attempt(
     assert store.job_runs()[0].id == result.run_id  # the id names the last attempt's row
 
 
-def test_no_hook_when_a_retry_succeeds(
-    tmp_path: Path, store: MemoryStore, clock: ManualClock
-) -> None:
+def test_no_hook_when_a_retry_succeeds(tmp_path: Path, store: JobStore, clock: ManualClock) -> None:
     calls = tmp_path / "hook.jsonl"
     config = make_config(
         {"seal": job(command=["seal"], retries=2)},
@@ -108,7 +106,7 @@ def test_no_hook_when_a_retry_succeeds(
 
 
 def test_the_webhook_gets_one_post_after_the_last_attempt(
-    receiver: Receiver, store: MemoryStore, clock: ManualClock
+    receiver: Receiver, store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config(
         {"compact": job("7 * * * *", ["archive", "compact"], retries=1)},
@@ -131,7 +129,7 @@ def test_the_webhook_gets_one_post_after_the_last_attempt(
 
 
 def test_a_failing_hook_is_logged_and_changes_nothing(
-    caplog: pytest.LogCaptureFixture, store: MemoryStore, clock: ManualClock, tmp_path: Path
+    caplog: pytest.LogCaptureFixture, store: JobStore, clock: ManualClock, tmp_path: Path
 ) -> None:
     refusing = Receiver(status=500)
     try:
@@ -156,7 +154,7 @@ def test_a_failing_hook_is_logged_and_changes_nothing(
 
 
 def test_a_hook_command_that_fails_is_logged(
-    caplog: pytest.LogCaptureFixture, store: MemoryStore, clock: ManualClock
+    caplog: pytest.LogCaptureFixture, store: JobStore, clock: ManualClock
 ) -> None:
     command = [sys.executable, "-c", "import sys; sys.exit('pager is down')"]
     config = make_config({"seal": job(retries=0)}, on_error_command=command)

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from mercato.scheduler.clock import ManualClock, SystemClock
 from mercato.scheduler.jobs import Outcome
 from mercato.scheduler.scheduler import LEASE, Scheduler
-from mercato.store.memory import MemoryStore
+from mercato.store.base import JobStore
+from mercato.store.sqlite import SqliteStore
 
 from .conftest import START, FakeRunner, job, make_config
 
@@ -28,7 +29,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
         time.sleep(0.005)
 
 
-def attempts(store: MemoryStore, name: str) -> list[tuple[int, str]]:
+def attempts(store: JobStore, name: str) -> list[tuple[int, str]]:
     return [(run.attempt, run.status) for run in reversed(store.job_runs(name))]
 
 
@@ -36,7 +37,7 @@ def attempts(store: MemoryStore, name: str) -> list[tuple[int, str]]:
 
 
 def test_a_failure_is_retried_with_exponential_backoff_attempt_by_attempt(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"flaky": job(command=["flaky", "--x"], retries=3, backoff_seconds=10)})
     runner = failing(Outcome(1, "one\nboom 1\n"), Outcome(3, ""), Outcome(-9, "partial"))
@@ -62,7 +63,7 @@ def test_a_failure_is_retried_with_exponential_backoff_attempt_by_attempt(
 
 
 def test_retries_stop_at_the_limit_and_a_timeout_counts_as_a_failure(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"slow": job(retries=2, backoff_seconds=1.5, timeout_seconds=7)})
     runner = FakeRunner(lambda command: Outcome(-15, "", timed_out=True))
@@ -76,7 +77,7 @@ def test_retries_stop_at_the_limit_and_a_timeout_counts_as_a_failure(
     assert result.outcome.exit_status == 128 + 15
 
 
-def test_no_retries_means_one_attempt(store: MemoryStore, clock: ManualClock) -> None:
+def test_no_retries_means_one_attempt(store: JobStore, clock: ManualClock) -> None:
     config = make_config({"once": job(retries=0)})
     scheduler = Scheduler(config, store, runner=failing(Outcome(2)), clock=clock)
     result = scheduler.run_job(scheduler.jobs["once"], {})
@@ -89,7 +90,7 @@ def test_no_retries_means_one_attempt(store: MemoryStore, clock: ManualClock) ->
 
 
 def test_jobs_run_when_due_and_a_job_that_never_ran_runs_at_once(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"five": job("*/5 * * * *", ["five"]), "hourly": job("0 * * * *", ["h"])})
     runner = FakeRunner()
@@ -114,7 +115,7 @@ def test_jobs_run_when_due_and_a_job_that_never_ran_runs_at_once(
 
 
 def test_a_job_never_overlaps_itself_and_missed_ticks_coalesce(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"long": job("* * * * *", ["long"]), "short": job("* * * * *", ["s"])})
     runner = FakeRunner()
@@ -122,6 +123,7 @@ def test_a_job_never_overlaps_itself_and_missed_ticks_coalesce(
     scheduler = Scheduler(config, store, runner=runner, clock=clock)
     assert sorted(scheduler.tick()) == ["long", "short"]
     assert runner.wait_entered("long")
+    wait_for(lambda: "short" not in scheduler.running())
     for minute in range(1, 6):
         clock.advance(60)
         assert scheduler.tick() == ["short"], minute  # long is still running: not again
@@ -141,7 +143,7 @@ def test_a_job_never_overlaps_itself_and_missed_ticks_coalesce(
     assert len(store.job_runs("short")) == 7
 
 
-def test_different_jobs_run_side_by_side(store: MemoryStore, clock: ManualClock) -> None:
+def test_different_jobs_run_side_by_side(store: JobStore, clock: ManualClock) -> None:
     config = make_config({"a": job(command=["a"]), "b": job(command=["b"])})
     runner = FakeRunner()
     runner.block("a")
@@ -156,7 +158,7 @@ def test_different_jobs_run_side_by_side(store: MemoryStore, clock: ManualClock)
     assert scheduler.join(5)
 
 
-def test_disabled_jobs_are_not_scheduled(store: MemoryStore, clock: ManualClock) -> None:
+def test_disabled_jobs_are_not_scheduled(store: JobStore, clock: ManualClock) -> None:
     config = make_config({"off": job(command=["off"], enabled=False), "on": job(command=["on"])})
     runner = FakeRunner()
     scheduler = Scheduler(config, store, runner=runner, clock=clock)
@@ -168,7 +170,7 @@ def test_disabled_jobs_are_not_scheduled(store: MemoryStore, clock: ManualClock)
     assert [j.name for j in scheduler.scheduled] == ["on"]
 
 
-def test_a_missed_run_runs_once_on_start_and_an_unmissed_one_waits(store: MemoryStore) -> None:
+def test_a_missed_run_runs_once_on_start_and_an_unmissed_one_waits(store: JobStore) -> None:
     config = make_config({"hourly": job("0 * * * *", ["hourly"]), "daily": job("30 3 * * *")})
     first = Scheduler(config, store, runner=FakeRunner(), clock=ManualClock(START), holder="a")
     assert sorted(first.tick()) == ["daily", "hourly"]  # 10:02, never ran
@@ -198,7 +200,7 @@ def test_a_missed_run_runs_once_on_start_and_an_unmissed_one_waits(store: Memory
     assert third.leading
 
 
-def test_manual_runs_and_backfills_are_not_the_schedule(store: MemoryStore) -> None:
+def test_manual_runs_and_backfills_are_not_the_schedule(store: JobStore) -> None:
     config = make_config({"hourly": job("0 * * * *", ["hourly"])})
     scheduler = Scheduler(config, store, runner=FakeRunner(), clock=ManualClock(START))
     scheduler.run_job(scheduler.jobs["hourly"], {"trigger": "manual"})
@@ -207,7 +209,7 @@ def test_manual_runs_and_backfills_are_not_the_schedule(store: MemoryStore) -> N
 
 
 def test_a_dead_leaders_running_run_is_abandoned_and_run_again(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"seal": job("*/5 * * * *", ["seal"])})
     params = {"scheduled_for": "2026-11-26T10:00:00Z", "scheduler": "dead:1"}
@@ -227,7 +229,7 @@ def test_a_dead_leaders_running_run_is_abandoned_and_run_again(
 
 
 def test_only_the_lease_holder_runs_jobs_and_a_standby_takes_over_on_release(
-    store: MemoryStore, clock: ManualClock
+    store: JobStore, clock: ManualClock
 ) -> None:
     config = make_config({"seal": job(command=["seal"])})
     runner_a, runner_b = FakeRunner(), FakeRunner()
@@ -254,7 +256,7 @@ def test_only_the_lease_holder_runs_jobs_and_a_standby_takes_over_on_release(
 
 
 def test_a_standby_takes_over_when_the_lease_expires(clock: ManualClock) -> None:
-    store = MemoryStore()
+    store = SqliteStore.temporary()
     config = make_config({"seal": job(command=["seal"])}, lease_seconds=0.3, tick_seconds=0.1)
     a = Scheduler(config, store, runner=FakeRunner(), clock=clock, holder="a")
     b = Scheduler(config, store, runner=FakeRunner(), clock=clock, holder="b")
@@ -269,9 +271,7 @@ def test_a_standby_takes_over_when_the_lease_expires(clock: ManualClock) -> None
     assert not a.leading
 
 
-def test_a_leader_that_loses_its_lease_ends_its_runs(
-    store: MemoryStore, clock: ManualClock
-) -> None:
+def test_a_leader_that_loses_its_lease_ends_its_runs(store: JobStore, clock: ManualClock) -> None:
     config = make_config({"long": job(command=["long"])})
     runner = FakeRunner()
     runner.block("long")
@@ -290,7 +290,7 @@ def test_a_leader_that_loses_its_lease_ends_its_runs(
     assert not store.acquire_lease(LEASE, "a", 30)  # a did not take it back
 
 
-def test_shutdown_ends_runs_and_releases_the_lease(store: MemoryStore, clock: ManualClock) -> None:
+def test_shutdown_ends_runs_and_releases_the_lease(store: JobStore, clock: ManualClock) -> None:
     config = make_config({"long": job(command=["long"])})
     runner = FakeRunner()
     runner.block("long")
@@ -303,14 +303,11 @@ def test_shutdown_ends_runs_and_releases_the_lease(store: MemoryStore, clock: Ma
     assert store.acquire_lease(LEASE, "b", 30)
 
 
-def test_shutdown_during_a_retry_wait_gives_the_retries_up(store: MemoryStore) -> None:
+def test_shutdown_during_a_retry_wait_gives_the_retries_up(store: JobStore) -> None:
     config = make_config({"flaky": job(retries=5, backoff_seconds=3600)})
     scheduler = Scheduler(config, store, runner=failing(Outcome(1)), clock=SystemClock())
     scheduler.tick()
-    for _ in range(500):
-        if store.job_runs("flaky")[0].status != "running":
-            break
-        time.sleep(0.01)
+    wait_for(lambda: [r.status for r in store.job_runs("flaky")] == ["failed"])  # its thread
     scheduler.shutdown()  # does not wait the hour
     assert not scheduler.running()
     assert attempts(store, "flaky") == [(1, "failed")]

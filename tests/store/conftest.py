@@ -19,21 +19,18 @@ from mercato.config import StoreConfig
 from mercato.metrics import kernel
 from mercato.metrics.kernel import PARTIAL_SCHEMA
 from mercato.store.base import Store
-from mercato.store.memory import MemoryStore
 from mercato.store.postgres import PostgresStore
 from mercato.store.postgres_schema import migrate
 from mercato.store.sqlite import SqliteStore
 
 StoreFactory = Callable[..., Store]
-BACKENDS = ["memory", "sqlite", "postgres"]
+BACKENDS = ["sqlite", "postgres"]
 EVERYTHING = (-(2**62), 2**62)  # a bucket range holding every bucket
 
 
 def make_store(backend: str, where: Path | str, config: StoreConfig | None = None) -> Store:
     """A store of ``backend``: SQLite ones live in the directory ``where``/store.sqlite3,
     PostgreSQL ones in the (migrated) database whose DSN is ``where``."""
-    if backend == "memory":
-        return MemoryStore()
     if backend == "postgres":
         return PostgresStore(str(where), config or StoreConfig())
     return SqliteStore(Path(where) / "store.sqlite3", config or StoreConfig())
@@ -112,9 +109,8 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """``make()`` opens a store of the parametrized backend; all are closed after the test.
 
-    SQLite and PostgreSQL stores made by one factory share a file or a database, so a second
-    ``make()`` is a second connection pool onto the same data (for a memory store it is a
-    new, empty store). Each test has a fresh PostgreSQL database, migrated.
+    Stores made by one factory share a file or a database, so a second ``make()`` is a second
+    connection pool onto the same data. Each test has a fresh PostgreSQL database, migrated.
     """
     opened: list[Store] = []
     where: Path | str = tmp_path

@@ -13,7 +13,7 @@ import pytest
 
 from mercato.config import Config, StoreConfig, load_config
 from mercato.store import SqliteStore, open_store
-from mercato.store.errors import StoreSchemaError, StoreWriteError
+from mercato.store.errors import StoreClosedError, StoreSchemaError, StoreWriteError
 from mercato.store.sqlite import SCHEMA_VERSION
 
 from .conftest import EVERYTHING, hll, partials, row
@@ -156,6 +156,20 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
     text.write_bytes(b"this is not a database at all, just some text " * 100)
     with pytest.raises(StoreSchemaError):
         SqliteStore(text, StoreConfig())
+
+
+def test_a_temporary_store_is_a_store_in_a_directory_deleted_on_close() -> None:
+    store = SqliteStore.temporary(StoreConfig(cache_mb=3))
+    v = store.register_version("hash", "text")
+    store.write(v, "agg", partials(row(count=2)), {0: 7})
+    assert store.read(v, "m1", ["orders"], *EVERYTHING).to_pylist() == [row(count=2)]
+    with store._connection() as db:
+        assert db.execute("PRAGMA cache_size").fetchone()[0] == -3 * 1024
+    assert store.path.exists()
+    store.close()
+    assert not store.path.parent.exists()
+    with pytest.raises(StoreClosedError):
+        store.offsets("agg")
 
 
 def test_open_store_follows_the_configuration(tmp_path: Path) -> None:
