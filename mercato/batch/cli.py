@@ -122,7 +122,7 @@ def reprocess_command(ctx: click.Context, start: str, end: str, path: str | None
         )
         serving_now = store.serving_version()
     _print_seal(report, fmt)
-    if fmt == "table":
+    if fmt == TABLE:
         role = "serving" if report.version == serving_now else "shadow"
         console.print(
             f"version {report.version} ({role}, definitions {definitions.version}); next: "
