@@ -70,12 +70,10 @@ def test_the_help_lists_every_command_with_its_own_help():
         listed = CliRunner().invoke(group, ["--help"], prog_name="mercato")
         assert listed.exit_code == 0, listed.output
         names = re.findall(r"^  (\S+)  ", listed.output.split("Commands:")[1], re.M)
-        assert (
-            names
-            == sorted(n for n, entry in table.items() if not entry.hidden)
-            + (["run"] if group is cli else [])
-            or sorted(names) == names
-        )
+        shown = {name for name, entry in table.items() if not entry.hidden}
+        assert names == sorted(shown | ({"run"} if group is cli else set()))
+        for name in shown:  # with the table's help (click shortens a long one)
+            assert re.search(rf"^  {name} +{re.escape(table[name].help[:20])}", listed.output, re.M)
         for name, entry in table.items():
             command = load(entry)
             assert command.name == name, entry
