@@ -208,7 +208,7 @@ class SpawnRunner:
             results.close()
         if timed_out:
             output(f"\ntimed out after {timeout:g} s\n")
-        code = process.exitcode
+        code = process.exitcode  # its descriptors close with the object (stop may still hold it)
         return Ending(result, 1 if code is None else code if code >= 0 else 128 - code)
 
     def _follow(
