@@ -8,5 +8,6 @@ Served by ``mercato run api`` beside the merchant query API, behind the admin to
   archive and the collectors (lag, freshness, archive coverage, ingest rates);
 - :mod:`~mercato.console.launcher`: actions run in child processes, and their history;
 - :mod:`~mercato.console.actions`: the actions (run a job now, promote, roll back), each the
-  library call of the ``mercato`` command of the same name.
+  library call of the ``mercato`` command of the same name;
+- :mod:`~mercato.console.errors`: its errors.
 """

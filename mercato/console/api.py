@@ -31,7 +31,8 @@ from mercato.batch.versions import DROPPED, VersionError, diff
 from mercato.collector.quarantine import QuarantineView
 from mercato.config import Config
 from mercato.console.actions import promote_action, rollback_action, run_job_action
-from mercato.console.launcher import Action, Launcher, Operation, OperationRunning
+from mercato.console.errors import OperationRunning
+from mercato.console.launcher import Action, Launcher, Operation
 from mercato.console.monitor import IngestMonitor, archive_summary, pipeline
 from mercato.errors import MercatoError
 from mercato.log.base import Log

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, Protocol
 import msgspec
 
 from mercato.config import Config
+from mercato.console.errors import OperationRunning
 from mercato.errors import MercatoError
 
 logger = logging.getLogger("mercato.console")
@@ -88,10 +89,6 @@ class Operation(msgspec.Struct):
     @property
     def running(self) -> bool:
         return self.finished_at is None
-
-
-class OperationRunning(MercatoError):
-    """The same action is running already."""
 
 
 class ActionRunner(Protocol):

@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 
 from mercato.config import Config, load_config
-from mercato.console.launcher import (
-    OUTPUT_CHARS,
-    Action,
-    Ending,
-    Launcher,
-    Operation,
-    OperationRunning,
-    SpawnRunner,
-)
+from mercato.console.errors import OperationRunning
+from mercato.console.launcher import OUTPUT_CHARS, Action, Ending, Launcher, Operation, SpawnRunner
 from tests.console import children
 
 ROOT = Path(__file__).resolve().parents[2]
