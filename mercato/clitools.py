@@ -249,24 +249,31 @@ def print_table(
 def fitted_table(
     columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int, *, title: str | None
 ) -> tuple[Table, list[str]]:
-    """A table of ``rows`` that fits ``width`` without cutting a number: text columns wrap
-    (down to :data:`TEXT_MIN_WIDTH`), numbers keep their width, and if that is still too
-    wide the columns with the highest ``drop`` are left out. Returns the table and the
-    headers of the columns left out."""
-    needs = [_need(c, [row[i] for row in rows]) for i, c in enumerate(columns)]
+    """A table of ``rows`` that fits ``width`` without cutting a number: numbers and other
+    unbroken columns keep their width, text columns share the rest (each wrapping down to
+    :data:`TEXT_MIN_WIDTH` at least), and if that is still too wide the columns with the
+    highest ``drop`` are left out. Returns the table and the headers of those left out."""
+    widths = [_widths(c, [row[i] for row in rows]) for i, c in enumerate(columns)]
     kept = list(range(len(columns)))
     # droppable columns, the first to go first
     order = sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: -columns[i].drop)
-    while sum(needs[i] + 3 for i in kept) + 1 > width and order:
+    while sum(widths[i][0] + 3 for i in kept) + 1 > width and order:
         kept.remove(order.pop(0))
+    squeezed: dict[int, int] = {}
+    if sum(widths[i][2] + 3 for i in kept) + 1 > width:  # as wide as they like: too wide
+        unbroken = [i for i in kept if columns[i].unbroken]
+        squeezed = {i: widths[i][0] for i in unbroken}
+        squeezed |= _shares(
+            {i: widths[i][1] for i in kept if i not in squeezed},
+            width - 1 - sum(widths[i][0] + 3 for i in unbroken),
+        )
     table = Table(title=title)
     for i in kept:
         column = columns[i]
         table.add_column(
             column.header or column.key,
             justify="right" if column.number else "left",
-            min_width=needs[i] if column.unbroken else None,
-            no_wrap=column.unbroken,
+            width=squeezed.get(i),  # only when squeezed: headings wrap, numbers fit exactly
             overflow="fold",  # a long word wraps onto the next line, never "…"
         )
     for row in rows:
@@ -275,11 +282,26 @@ def fitted_table(
     return table, hidden
 
 
-def _need(column: Column, cells: Sequence[str]) -> int:
-    """The least width of ``column``: an unbroken column's widest cell; a text's widest word
-    of its heading, or its content up to :data:`TEXT_MIN_WIDTH`."""
-    heading = max((len(word) for word in (column.header or column.key).split()), default=0)
-    widest = max((Text.from_markup(cell).cell_len for cell in cells), default=0)
-    if column.unbroken:
-        return max(widest, heading)
-    return max(min(widest, TEXT_MIN_WIDTH), min(heading, TEXT_MIN_WIDTH))
+def _widths(column: Column, cells: Sequence[str]) -> tuple[int, int, int]:
+    """The least, the wrapped and the natural width of ``column``. An unbroken column's least
+    is its widest cell (or heading word), a text's that up to :data:`TEXT_MIN_WIDTH`; the
+    natural width has the heading on one line."""
+    heading = column.header or column.key
+    word = max((len(w) for w in heading.split()), default=0)
+    widest = max(max((Text.from_markup(cell).cell_len for cell in cells), default=0), word)
+    least = widest if column.unbroken else min(widest, TEXT_MIN_WIDTH)
+    return least, widest, max(widest, len(heading))
+
+
+def _shares(natural: Mapping[int, int], room: int) -> dict[int, int]:
+    """Widths for text columns of these ``natural`` widths (cell padding and borders aside)
+    in ``room`` characters, when they do not all fit: the narrow keep theirs, the wide share
+    the rest equally. Empty when they fit."""
+    room -= 3 * len(natural)
+    if sum(natural.values()) <= room:
+        return {}
+    shares = {}
+    for k, i in enumerate(sorted(natural, key=natural.__getitem__)):
+        shares[i] = max(1, min(natural[i], room // (len(natural) - k)))
+        room -= shares[i]
+    return shares

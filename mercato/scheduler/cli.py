@@ -91,10 +91,10 @@ def jobs_group() -> None:
 
 
 JOB_COLUMNS = [
-    Column("name", "job"),
+    Column("name", "job", whole=True),
     Column("schedule", "schedule (UTC)", whole=True),
     Column("command", show=lambda words: escape(_command_line(words))),
-    Column("enabled", drop=4, show=lambda enabled: "" if enabled else "no"),
+    Column("enabled", drop=4, show=lambda enabled: "yes" if enabled else "no"),
     Column("next_run", "next run", whole=True, drop=2, show=lambda at: _minute(at) or "disabled"),
     Column("last_status", "last run", show=lambda status: _status(status) if status else ""),
     Column("last_started_at", "started", whole=True, drop=1, show=_minute),
