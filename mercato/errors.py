@@ -16,6 +16,7 @@ own subclasses in its ``errors.py``::
     ├── KeyStoreError               (mercato.collector.errors)
     ├── DefinitionError             (mercato.metrics.errors)
     ├── AggregatorError             (mercato.aggregator.errors)
+    ├── ConsoleError                (mercato.console.errors)
     ├── ArchiveError                (mercato.archive.errors; its subclasses are drawn there)
     └── StoreError                  (mercato.store.errors; its subclasses are drawn there)
 

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import msgspec
 import pytest
+from click.testing import CliRunner
 
+from mercato.cli import COMMANDS, RUN, cli, load
 from mercato.config import load_config
 from mercato.log import open_log
 from mercato.log.base import Record
+
+# What `mercato --help` must not pay for: the engines and clients only some commands use.
+HEAVY = ("duckdb", "pyarrow", "pyspark", "confluent_kafka", "psycopg", "pandas", "numpy")
 
 
 def mercato(*args: str, data_dir: Path | None = None, **env: str) -> subprocess.CompletedProcess:
@@ -35,6 +43,78 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("demo", "run", "keys", "log", "config"):
         assert command in result.stdout
+
+
+def imported_by(*args: str) -> set[str]:
+    """The modules ``python -m mercato ARGS`` imports, as ``-X importtime`` reports them."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mercato", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +(\S+)$", result.stderr, re.M)
+    assert "click" in found  # the report was read
+    return set(found)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
+def test_help_imports_no_role_and_no_engine(args):
+    modules = imported_by(*args)
+    heavy = {m for m in modules if m.split(".")[0] in HEAVY}
+    assert heavy == set()
+    assert {m for m in modules if m.startswith("mercato")} <= {"mercato", "mercato.cli"}
+
+
+def test_the_help_lists_every_command_with_its_own_help():
+    for group, table in ((cli, COMMANDS), (cli.commands["run"], RUN)):
+        listed = CliRunner().invoke(group, ["--help"], prog_name="mercato")
+        assert listed.exit_code == 0, listed.output
+        names = re.findall(r"^  (\S+)  ", listed.output.split("Commands:")[1], re.M)
+        shown = {name for name, entry in table.items() if not entry.hidden}
+        assert names == sorted(shown | ({"run"} if group is cli else set()))
+        for name in shown:  # with the table's help (click shortens a long one)
+            assert re.search(rf"^  {name} +{re.escape(table[name].help[:20])}", listed.output, re.M)
+        for name, entry in table.items():
+            command = load(entry)
+            assert command.name == name, entry
+            assert command.hidden == entry.hidden, entry
+            # the table's help is the command's first sentence, as click shortens it
+            assert command.get_short_help_str(10_000) == entry.help, entry
+            # every command lives with its role (or, for config and demo, on its own)
+            assert entry.target.split(":")[0].endswith("cli"), entry
+            assert not entry.target.startswith("mercato.cli:"), entry
+
+
+def every_command(
+    command: click.Command = cli, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        context = click.Context(command)
+        for name in command.list_commands(context):
+            sub = command.get_command(context, name)
+            assert sub is not None, name
+            yield from every_command(sub, (*path, name))
+
+
+def test_every_command_has_help_and_one_output_option():
+    commands = list(every_command())
+    assert len(commands) > 40
+    for path, command in commands:
+        assert command.help, path
+        options = {name: p for p in command.params for name in getattr(p, "opts", [])}
+        if "--json" in options:  # the older spelling of --format json, kept hidden
+            assert options["--json"].hidden, path
+            assert "--format" in options, path
+        if "--format" in options:
+            choice = options["--format"].type
+            assert isinstance(choice, click.Choice), path
+            assert choice.choices[:2] == ("table", "json"), path
+            assert set(choice.choices) <= {"table", "json", "csv"}, path
+            assert options["--format"].default == "table", path
+        help_page = CliRunner().invoke(cli, [*path, "--help"], prog_name="mercato")
+        assert help_page.exit_code == 0, (path, help_page.output)
+        assert "--json" not in help_page.output, path
 
 
 def test_config_show_reflects_the_environment():
@@ -109,10 +189,16 @@ def fill_log(data_dir: Path, count: int) -> None:
 
 def test_log_stats_tail_and_check(tmp_path):
     fill_log(tmp_path, 40)
-    stats = mercato("log", "stats", "--json", data_dir=tmp_path)
+    stats = mercato("log", "stats", "--format", "json", data_dir=tmp_path)
     assert stats.returncode == 0, stats.stderr
     partitions = msgspec.json.decode(stats.stdout)
     assert sum(p["end_offset"] for p in partitions) == 40
+    alias = mercato("log", "stats", "--format", "table", "--json", data_dir=tmp_path)
+    assert alias.stdout == stats.stdout  # the older --json, hidden, still works
+    as_csv = mercato("log", "stats", "--format", "csv", data_dir=tmp_path)
+    header, *rows = as_csv.stdout.splitlines()
+    assert header.split(",")[:3] == ["partition", "start_offset", "end_offset"]
+    assert [int(row.split(",")[2]) for row in rows] == [p["end_offset"] for p in partitions]
 
     tail = mercato("log", "tail", "-n", "2", data_dir=tmp_path)
     assert tail.returncode == 0, tail.stderr
@@ -158,3 +244,23 @@ def test_demo_runs_and_fills_the_log(tmp_path):
     config = load_config(env={"MERCATO_DATA_DIR": str(tmp_path / "demo")})
     with open_log(config) as log:
         assert sum(log.end_offset(p) for p in range(log.partitions)) == acknowledged
+
+
+@pytest.mark.parametrize("columns", ["60", "80", "200"])
+def test_tables_fit_the_terminal_and_never_cut_a_number(tmp_path, columns):
+    fill_log(tmp_path, 23_456)
+    stats = msgspec.json.decode(
+        mercato("log", "stats", "--format", "json", data_dir=tmp_path).stdout
+    )
+    table = mercato("log", "stats", data_dir=tmp_path, COLUMNS=columns)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= int(columns)
+    assert "…" not in table.stdout
+    cells = {cell.strip() for line in lines for cell in line.split("│")}
+    for partition in stats:
+        assert f"{partition['end_offset']:,}" in cells  # whole, in one cell
+    if columns == "60":
+        assert "left out to fit the terminal: " in table.stderr
+    if columns == "200":
+        assert table.stderr == ""  # every column shown

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 import msgspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from rich.table import Table
+from rich.markup import escape
 
 from mercato.batch.drift import check_drift
-from mercato.batch.engine import Engine, open_engine
+from mercato.batch.engine import Engine, configured_engine
 from mercato.batch.invalid import find_invalid
 from mercato.batch.seal import SealReport
 from mercato.batch.seal import seal as seal_hours
@@ -34,14 +35,29 @@ from mercato.batch.versions import (
     rollback,
     serving,
 )
-from mercato.clitools import console, context_config, friendly, progress
+from mercato.clitools import (
+    CSV,
+    JSON,
+    TABLE,
+    Column,
+    console,
+    context_config,
+    format_option,
+    friendly,
+    parse_hour_option,
+    print_json,
+    print_records,
+    print_table,
+    progress,
+)
 from mercato.config import Config
 from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.metrics.definitions import load_definitions
 from mercato.store import open_store
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+FORMAT = format_option(TABLE, JSON)
+TABULAR = format_option(TABLE, JSON, CSV)
 
 
 @click.command()
@@ -106,7 +122,7 @@ def reprocess_command(ctx: click.Context, start: str, end: str, path: str | None
         )
         serving_now = store.serving_version()
     _print_seal(report, fmt)
-    if fmt == "table":
+    if fmt == TABLE:
         role = "serving" if report.version == serving_now else "shadow"
         console.print(
             f"version {report.version} ({role}, definitions {definitions.version}); next: "
@@ -121,7 +137,7 @@ def reprocess_command(ctx: click.Context, start: str, end: str, path: str | None
 @click.option("--from", "start", help="First UTC day, YYYY-MM-DD (default: 30 days ago).")
 @click.option("--to", "end", help="UTC day to stop before, YYYY-MM-DD (default: tomorrow).")
 @click.option("--limit", type=int, default=200, show_default=True, help="Most rows shown.")
-@FORMAT
+@TABULAR
 @click.pass_context
 @friendly
 def diff_command(
@@ -144,9 +160,11 @@ def diff_command(
             raise MercatoError("no version serves yet: name one with --against")
         definitions_of(store, version)  # one clear error for an unknown version
         rows = list(diff(store, old, version, first, last))
-    if fmt == "json":
-        body = {"old": old, "new": version, "rows": rows[:limit], "differences": len(rows)}
-        click.echo(msgspec.json.encode(body).decode())
+    if fmt == JSON:
+        print_json({"old": old, "new": version, "rows": rows[:limit], "differences": len(rows)})
+        return
+    if fmt == CSV:
+        print_records(fmt, _diff_columns(old, version), [_diff_record(r) for r in rows[:limit]])
         return
     _print_diff(rows, old, version, limit)
 
@@ -194,7 +212,7 @@ def rollback_command(ctx: click.Context, fmt: str) -> None:
 @click.option("--hours", type=int, default=24, show_default=True,
               help="Check the hours sealed this recently.")  # fmt: skip
 @click.option("--max-ratio", type=float, help="Exit with status 1 when the drift is above this.")
-@FORMAT
+@TABULAR
 @click.pass_context
 @friendly
 def drift_command(ctx: click.Context, hours: int, max_ratio: float | None, fmt: str) -> None:
@@ -205,13 +223,12 @@ def drift_command(ctx: click.Context, hours: int, max_ratio: float | None, fmt: 
             store, load_definitions(config.aggregator.definitions or None)
         )
         report = check_drift(store, version, definitions, hours=hours)
-    if fmt == "json":
-        click.echo(msgspec.json.encode(report).decode())
+    if fmt == JSON:
+        print_json(report)
+    elif fmt == CSV:
+        print_records(fmt, DRIFT_COLUMNS, [msgspec.structs.asdict(m) for m in report.metrics])
     else:
-        table = Table("metric", "speed", "final", "cells off")
-        for m in report.metrics:
-            table.add_row(m.metric, f"{m.speed:,}", f"{m.final:,}", f"{m.cells:,}")
-        console.print(table)
+        print_table(DRIFT_COLUMNS, [msgspec.structs.asdict(m) for m in report.metrics])
         for d in report.largest:
             console.print(
                 f"  {d.merchant_id} {d.metric} {d.hour:%Y-%m-%d %H}:00 UTC: speed {d.speed}, "
@@ -229,7 +246,7 @@ def drift_command(ctx: click.Context, hours: int, max_ratio: float | None, fmt: 
 
 @click.command("sql")
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@TABULAR
 @click.option("--max-rows", type=int, default=100, show_default=True,
               help="Most rows a table shows (csv and json print all).")  # fmt: skip
 @click.pass_context
@@ -243,17 +260,18 @@ def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int) -> None
                  WHERE type = 'order_completed' GROUP BY date ORDER BY date" --format csv
     """
     result = run_sql(context_config(ctx).archive_path, query)
-    if fmt == "csv":
+    if fmt == CSV:
         sink = pa.BufferOutputStream()
         pa_csv.write_csv(result, sink)
         click.echo(sink.getvalue().to_pybytes().decode(), nl=False)
-    elif fmt == "json":
-        click.echo(msgspec.json.encode(result.to_pylist()).decode())
+    elif fmt == JSON:
+        print_json(result.to_pylist())
     else:
-        table = Table(*result.column_names)
-        for row in result.slice(0, max_rows).to_pylist():
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
-        console.print(table)
+        columns = [
+            Column(name, number=pa.types.is_integer(kind) or pa.types.is_floating(kind), show=_raw)
+            for name, kind in zip(result.column_names, result.schema.types, strict=True)
+        ]
+        print_table(columns, result.slice(0, max_rows).to_pylist())
         if result.num_rows > max_rows:
             console.print(f"… {result.num_rows - max_rows:,} more rows (--max-rows)")
 
@@ -264,7 +282,7 @@ def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int) -> None
 @click.option("--to", "end", help="UTC hour to stop before, YYYY-MM-DD[THH]. Default: now.")
 @click.option("--merchant", help="Only this merchant's events.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@FORMAT
+@TABULAR
 @click.pass_context
 @friendly
 def invalid_command(
@@ -298,19 +316,18 @@ def invalid_command(
     found = find_invalid(
         config.archive_path, definitions, chosen, since, until, merchant_id=merchant, limit=limit
     )
-    if fmt == "json":
-        click.echo(msgspec.json.encode(found).decode())
+    if fmt == JSON:
+        print_json(found)
+        return
+    if fmt == CSV:
+        print_records(fmt, INVALID_COLUMNS, [msgspec.structs.asdict(e) for e in found])
         return
     if not found:
         console.print(
             f"no events {metric} could not use from {since:%Y-%m-%dT%H} to {until:%Y-%m-%dT%H}"
         )
         return
-    table = Table("event_id", "merchant_id", "event_time", "unusable", "properties")
-    for event in found:
-        table.add_row(event.event_id, event.merchant_id, event.event_time.isoformat(),
-                      ", ".join(event.fields), event.properties)  # fmt: skip
-    console.print(table)
+    print_table(INVALID_COLUMNS, [msgspec.structs.asdict(e) for e in found])
     if len(found) == limit:
         console.print(f"showing the first {limit} (--limit)")
 
@@ -321,7 +338,7 @@ def versions_group() -> None:
 
 
 @versions_group.command("list")
-@FORMAT
+@TABULAR
 @click.pass_context
 @friendly
 def versions_list(ctx: click.Context, fmt: str) -> None:
@@ -338,67 +355,32 @@ def versions_list(ctx: click.Context, fmt: str) -> None:
             }
             for v in store.versions()
         ]
-    if fmt == "json":
-        click.echo(msgspec.json.encode(rows).decode())
-        return
-    table = Table("id", "definitions", "created (UTC)", "state", "sealed hours")
-    for r in rows:
-        table.add_row(*(str(r[k]) for k in r))
-    console.print(table)
+    print_records(fmt, VERSION_COLUMNS, rows)
 
 
 @versions_group.command("prune")
 @click.option("--days", type=float, default=7, show_default=True,
               help="Drop versions that have not served for this long.")  # fmt: skip
+@FORMAT
 @click.pass_context
 @friendly
-def versions_prune(ctx: click.Context, days: float) -> None:
+def versions_prune(ctx: click.Context, days: float, fmt: str) -> None:
     """Drop old versions (never the serving one, nor the rollback target)."""
     with open_store(context_config(ctx)) as store:
         dropped = prune(store, timedelta(days=days))
+    if fmt == JSON:
+        print_json({"dropped": dropped})
+        return
     console.print(
         f"dropped version(s) {', '.join(map(str, dropped))}" if dropped else "nothing to drop",
         highlight=False,
     )
 
 
-COMMANDS = [
-    seal,
-    reprocess_command,
-    diff_command,
-    promote_command,
-    rollback_command,
-    drift_command,
-    sql_command,
-    invalid_command,
-    versions_group,
-]
-
-
-def parse_hour_option(name: str, text: str | None) -> datetime | None:
-    """A ``--from``/``--to`` value: ``YYYY-MM-DDTHH`` or ``YYYY-MM-DD``, in UTC."""
-    if text is None:
-        return None
-    for pattern in ("%Y-%m-%dT%H", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(text, pattern).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    raise MercatoError(f"{name} takes a UTC hour YYYY-MM-DDTHH or a date YYYY-MM-DD, not {text!r}")
-
-
 @contextmanager
 def _engine(config: Config) -> Iterator[Engine]:
-    engine = open_engine(
-        config.batch.engine,
-        threads=config.batch.threads,
-        chunk_rows=config.batch.chunk_rows,
-        master=config.batch.spark_master or None,
-    )
-    try:
+    with closing(configured_engine(config.batch)) as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 def _grace(config: Config) -> timedelta:
@@ -406,8 +388,8 @@ def _grace(config: Config) -> timedelta:
 
 
 def _print_seal(report: SealReport, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(msgspec.json.encode(report).decode())
+    if fmt == JSON:
+        print_json(report)
         return
     for hour in report.sealed:
         console.print(
@@ -425,8 +407,8 @@ def _print_seal(report: SealReport, fmt: str) -> None:
 
 
 def _print_promote(report: PromoteReport, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(msgspec.json.encode(report).decode())
+    if fmt == JSON:
+        print_json(report)
         return
     replay = f"{report.replay_from:%Y-%m-%d %H:%M} UTC" if report.replay_from else "the start"
     console.print(
@@ -437,22 +419,60 @@ def _print_promote(report: PromoteReport, fmt: str) -> None:
     )
 
 
+def _diff_columns(old: int, new: int) -> list[Column]:
+    return [
+        Column("merchant_id", "merchant"),
+        Column("metric"),
+        Column("day", "day (UTC)", whole=True),
+        Column("old", f"v{old}", number=True, show=_show),
+        Column("new", f"v{new}", number=True, show=_show),
+        Column("change", number=True, drop=1),
+    ]
+
+
+def _diff_record(row: DiffRow) -> dict[str, Any]:
+    change = (
+        f"{(row.new - row.old) / row.old:+.1%}"
+        if isinstance(row.old, int | float) and isinstance(row.new, int | float) and row.old
+        else ""
+    )
+    return {**msgspec.structs.asdict(row), "change": change}
+
+
 def _print_diff(rows: list[DiffRow], old: int, new: int, limit: int) -> None:
     if not rows:
         console.print(f"versions {old} and {new} agree on every final value in the range")
         return
-    table = Table("merchant", "metric", "day (UTC)", f"v{old}", f"v{new}", "change")
-    for r in rows[:limit]:
-        change = (
-            f"{(r.new - r.old) / r.old:+.1%}"
-            if isinstance(r.old, int | float) and isinstance(r.new, int | float) and r.old
-            else ""
-        )
-        table.add_row(r.merchant_id, r.metric, r.day, _show(r.old), _show(r.new), change)
-    console.print(table)
+    print_table(_diff_columns(old, new), [_diff_record(r) for r in rows[:limit]])
     if len(rows) > limit:
         console.print(f"… and {len(rows) - limit:,} more (--limit, or --format json)")
 
 
+def _raw(value: object) -> str:
+    return "" if value is None else escape(str(value))
+
+
 def _show(value: float | int | None) -> str:
     return "—" if value is None else f"{value:,}"
+
+
+DRIFT_COLUMNS = [
+    Column("metric"),
+    Column("speed", number=True),
+    Column("final", number=True),
+    Column("cells", "cells off", number=True),
+]
+INVALID_COLUMNS = [
+    Column("event_id", whole=True),
+    Column("merchant_id", drop=2),
+    Column("event_time", whole=True, drop=1, show=lambda at: at.isoformat()),
+    Column("fields", "unusable", show=lambda fields: escape(", ".join(fields))),
+    Column("properties"),
+]
+VERSION_COLUMNS = [
+    Column("id", number=True),
+    Column("definitions", whole=True, drop=1),
+    Column("created_at", "created (UTC)", whole=True, drop=2),
+    Column("state"),
+    Column("sealed_hours", "sealed hours", number=True),
+]

@@ -14,7 +14,7 @@ Parquet readers, an object store's through ``pyarrow.fs``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import pyarrow as pa
@@ -22,6 +22,9 @@ import pyarrow.fs as pafs
 
 from mercato.batch.errors import EngineError
 from mercato.metrics.definitions import Definitions
+
+if TYPE_CHECKING:
+    from mercato.config import BatchConfig
 
 ENGINES = ("duckdb", "spark")
 
@@ -77,3 +80,13 @@ def open_engine(
             ) from None
         return SparkEngine(threads=threads, chunk_rows=chunk_rows, master=master)
     raise EngineError(f"unknown batch engine {name!r}: one of {', '.join(ENGINES)}")
+
+
+def configured_engine(config: BatchConfig) -> Engine:
+    """The engine ``[batch]`` names, with its threads, chunk size and Spark master."""
+    return open_engine(
+        config.engine,
+        threads=config.threads,
+        chunk_rows=config.chunk_rows,
+        master=config.spark_master or None,
+    )

@@ -1,10 +1,13 @@
-"""``mercato quarantine list|show|replay|purge|create-topic``: the Segment messages the
-collector acknowledged but could not accept.
+"""``mercato run collector``, ``mercato keys create|list|revoke`` and ``mercato quarantine
+list|show|replay|purge|create-topic``: the ingest endpoint, the write keys producers send
+with, and the Segment messages the collector acknowledged but could not accept.
 
-Thin: each command opens the quarantine (``<data_dir>/quarantine``, or with the Kafka log the
-topic ``<kafka_topic>-quarantine``) and calls
-:class:`~mercato.collector.quarantine.Quarantine`. A replay validates with the configuration
-of this invocation, so fix it first (``[collector] segment_merchant_id_paths``, say).
+Thin: ``run collector`` calls :func:`mercato.collector.server.serve`; the ``keys`` commands
+call :class:`~mercato.collector.keys.KeyStore`; each ``quarantine`` command opens the
+quarantine (``<data_dir>/quarantine``, or with the Kafka log the topic
+``<kafka_topic>-quarantine``) and calls :class:`~mercato.collector.quarantine.Quarantine`. A
+replay validates with the configuration of this invocation, so fix it first
+(``[collector] segment_merchant_id_paths``, say).
 """
 
 from __future__ import annotations
@@ -15,9 +18,22 @@ from contextlib import contextmanager
 import click
 import msgspec
 from rich.markup import escape
-from rich.table import Table
 
-from mercato.clitools import console, context_config, errors, friendly
+from mercato.clitools import (
+    CSV,
+    JSON,
+    TABLE,
+    Column,
+    console,
+    context_config,
+    errors,
+    format_option,
+    friendly,
+    print_json,
+    print_records,
+    print_table,
+)
+from mercato.collector.keys import KeyStore
 from mercato.collector.quarantine import (
     Entry,
     Quarantine,
@@ -27,15 +43,88 @@ from mercato.collector.quarantine import (
     preview,
     quarantine_log_config,
 )
+from mercato.collector.server import serve
 from mercato.config import Config
 from mercato.errors import MercatoError
 from mercato.events.errors import REASONS
 from mercato.events.rules import EventRules
 from mercato.log import open_log
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 IDS = click.argument("ids", nargs=-1, type=click.IntRange(min=0))
 ALL = click.option("--all", "every", is_flag=True, help="Every open entry.")
+
+
+@click.command("collector")
+@click.pass_context
+@friendly
+def run_collector(ctx: click.Context) -> None:
+    """The HTTP ingest endpoint ([collector] host and port)."""
+    serve(context_config(ctx))
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Write keys that producers authenticate with (stored hashed)."""
+
+
+def _key_store(ctx: click.Context) -> KeyStore:
+    return KeyStore(context_config(ctx).keys_path)
+
+
+@keys_group.command("create")
+@click.option("--source", required=True, help="Name of the source the key sends for.")
+@format_option()
+@click.pass_context
+@friendly
+def keys_create(ctx: click.Context, source: str, fmt: str) -> None:
+    """Create a key; the secret is printed once and never stored."""
+    key, secret = _key_store(ctx).create(source)
+    if fmt == JSON:
+        print_json({"id": key.id, "source": key.source, "key": secret})
+    else:
+        console.print(f"id      {key.id}\nsource  {key.source}\nkey     {secret}", highlight=False)
+    errors.print("store the key now: only its hash is kept", style="yellow")
+
+
+KEY_COLUMNS = [
+    Column("id", whole=True),
+    Column("source"),
+    Column("created_at", "created", whole=True, drop=2),
+    Column("revoked_at", "revoked", whole=True, drop=1),
+]
+
+
+@keys_group.command("list")
+@format_option(TABLE, JSON, CSV)
+@click.pass_context
+@friendly
+def keys_list(ctx: click.Context, fmt: str) -> None:
+    """List keys (ids and sources, never secrets)."""
+    keys = [
+        {"id": k.id, "source": k.source, "created_at": k.created_at, "revoked_at": k.revoked_at}
+        for k in _key_store(ctx).list()
+    ]
+    print_records(fmt, KEY_COLUMNS, keys)
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+@format_option()
+@click.pass_context
+@friendly
+def keys_revoke(ctx: click.Context, key_id: str, fmt: str) -> None:
+    """Revoke a key; collectors refuse it within a second."""
+    key = _key_store(ctx).revoke(key_id)
+    if fmt == JSON:
+        print_json({"id": key.id, "source": key.source, "revoked_at": key.revoked_at})
+        return
+    console.print(f"revoked {key.id} (source {key.source})")
+
+
+# -- quarantine ---------------------------------------------------------------------------------
 
 
 @click.group("quarantine")
@@ -68,19 +157,22 @@ def _chosen(ids: Sequence[int], every: bool) -> list[int] | None:
     return None if every else list(ids)
 
 
-def _time(entry: Entry) -> str:
-    return f"{entry.received_at:%Y-%m-%d %H:%M:%S}"
+ENTRY_COLUMNS = [
+    Column("id", number=True),
+    Column("received_at", "received (UTC)", whole=True, drop=3,
+           show=lambda at: f"{at:%Y-%m-%d %H:%M:%S}"),
+    Column("source", drop=4, show=escape),
+    Column("endpoint", drop=5),
+    Column("index", number=True, drop=6),
+    Column("event_id", "event id", show=escape),
+    Column("reason"),
+    Column("attempts", "tries", number=True, drop=2),
+    Column("error", drop=1, show=escape),
+]  # fmt: skip
 
 
-def _table(title: str, entries: Sequence[Entry]) -> Table:
-    table = Table("id", "received (UTC)", "source", "endpoint", "index", "event id", "reason",
-                  "tries", "error", title=title)  # fmt: skip
-    for e in entries:
-        table.add_row(
-            str(e.id), _time(e), escape(e.source), e.endpoint, str(e.index), escape(e.event_id),
-            e.reason, str(e.attempts), escape(e.error),
-        )  # fmt: skip
-    return table
+def _records(entries: Sequence[Entry]) -> list[dict[str, object]]:
+    return [msgspec.structs.asdict(e) for e in entries]
 
 
 @quarantine_group.command("list")
@@ -88,7 +180,7 @@ def _table(title: str, entries: Sequence[Entry]) -> Table:
     "--reason", type=click.Choice(REASONS), help="Only entries quarantined for this reason."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@FORMAT
+@format_option(TABLE, JSON, CSV)
 @click.pass_context
 @friendly
 def quarantine_list(ctx: click.Context, reason: str | None, limit: int, fmt: str) -> None:
@@ -96,14 +188,18 @@ def quarantine_list(ctx: click.Context, reason: str | None, limit: int, fmt: str
     with _opened(context_config(ctx)) as quarantine:
         state = _state(quarantine)
     entries = [e for e in state.entries() if reason is None or e.reason == reason]
-    if fmt == "json":
-        body = {"total": len(state), "by_reason": state.by_reason(), "entries": entries[:limit]}
-        click.echo(msgspec.json.encode(body).decode())
+    if fmt == JSON:
+        print_json(
+            {"total": len(state), "by_reason": state.by_reason(), "entries": entries[:limit]}
+        )
+        return
+    if fmt == CSV:
+        print_records(fmt, ENTRY_COLUMNS, _records(entries[:limit]))
         return
     if not len(state):
         console.print("the quarantine is empty")
         return
-    console.print(_table("Quarantined Segment messages", entries[:limit]))
+    print_table(ENTRY_COLUMNS, _records(entries[:limit]), title="Quarantined Segment messages")
     if len(entries) > limit:
         console.print(f"… and {len(entries) - limit:,} more (--limit, or --format json)")
     counts = ", ".join(f"{n:,} {r}" for r, n in state.by_reason().items())
@@ -112,7 +208,7 @@ def quarantine_list(ctx: click.Context, reason: str | None, limit: int, fmt: str
 
 @quarantine_group.command("show")
 @click.argument("entry_id", type=click.IntRange(min=0))
-@FORMAT
+@format_option()
 @click.pass_context
 @friendly
 def quarantine_show(ctx: click.Context, entry_id: int, fmt: str) -> None:
@@ -123,8 +219,8 @@ def quarantine_show(ctx: click.Context, entry_id: int, fmt: str) -> None:
         assert quarantine is not None  # else no entry is open
         message = quarantine.messages([entry_id])[entry_id]
     text = message.decode("utf-8", "replace")
-    if fmt == "json":
-        click.echo(msgspec.json.encode({**msgspec.to_builtins(entry), "message": text}).decode())
+    if fmt == JSON:
+        print_json({**msgspec.to_builtins(entry), "message": text})
         return
     for name, value in msgspec.structs.asdict(entry).items():
         console.print(f"[bold]{name:16}[/] {escape(str(value))}", highlight=False)
@@ -144,7 +240,7 @@ def quarantine_show(ctx: click.Context, entry_id: int, fmt: str) -> None:
     "merchant_id",
     help="Give every replayed event this merchant id, whatever its message says.",
 )
-@FORMAT
+@format_option()
 @click.pass_context
 @friendly
 def quarantine_replay(
@@ -165,20 +261,20 @@ def quarantine_replay(
                 report = quarantine.replay(chosen, log, rules, merchant_id=merchant_id)
             finally:
                 log.close()
-    if fmt == "json":
-        click.echo(msgspec.json.encode(report).decode())
+    if fmt == JSON:
+        print_json(report)
         return
     console.print(f"replayed {len(report.replayed):,} event(s) into the log", highlight=False)
     still = report.still_invalid
     if still:
-        console.print(_table("Still invalid (kept in the quarantine)", still))
+        print_table(ENTRY_COLUMNS, _records(still), title="Still invalid (kept in the quarantine)")
         errors.print(f"{len(still):,} entr{'y' if len(still) == 1 else 'ies'} still invalid")
 
 
 @quarantine_group.command("purge")
 @IDS
 @ALL
-@FORMAT
+@format_option()
 @click.pass_context
 @friendly
 def quarantine_purge(ctx: click.Context, ids: tuple[int, ...], every: bool, fmt: str) -> None:
@@ -188,8 +284,8 @@ def quarantine_purge(ctx: click.Context, ids: tuple[int, ...], every: bool, fmt:
         purged = _state(quarantine).open_ids(chosen)
         if quarantine is not None and purged:
             quarantine.purge(purged)
-    if fmt == "json":
-        click.echo(msgspec.json.encode({"purged": purged}).decode())
+    if fmt == JSON:
+        print_json({"purged": purged})
         return
     console.print(f"purged {len(purged):,} entr{'y' if len(purged) == 1 else 'ies'}")
 
@@ -217,6 +313,3 @@ def quarantine_create_topic(ctx: click.Context, replication_factor: int | None) 
     created = kafka_admin.create_topic(settings, replication_factor)
     state = "created" if created else "already exists"
     console.print(f"kafka topic {settings.kafka_topic} {state} (1 partition)", highlight=False)
-
-
-COMMANDS = [quarantine_group]

@@ -75,7 +75,7 @@ def _where(config: Config) -> str:
     return str(config.log_path)
 
 
-def _enforce_retention(config: Config, log: object, stop: threading.Event) -> None:
+def _enforce_retention(config: Config, log: Log, stop: threading.Event) -> None:
     while not stop.wait(RETENTION_INTERVAL_SECONDS):
         try:
             deleted = enforce_retention(config, log)

@@ -276,16 +276,21 @@ def _watch(
 
 
 def _table(ends: list[int], done: dict[int, int], rate: float, added: int, elapsed: float) -> Table:
+    rows = [(str(p), f"{end:,}", f"{done.get(p, 0):,}") for p, end in enumerate(ends)]
+    totals = [
+        ("events/s", f"{rate:,.0f}", ""),
+        ("added", f"{added:,}", ""),
+        ("total", f"{sum(ends):,}", f"{sum(done.values()):,}"),
+    ]
     table = Table(title=f"events flowing through the pipeline ({elapsed:.0f} s, Ctrl-C to stop)")
-    table.add_column("partition", justify="right")
-    table.add_column("in the log", justify="right")
-    table.add_column("aggregated", justify="right")
-    for partition, end in enumerate(ends):
-        table.add_row(str(partition), f"{end:,}", f"{done.get(partition, 0):,}")
+    for header in ("partition", "in the log", "aggregated"):
+        # on a terminal too narrow for the table a number wraps, never ends as "22,040…"
+        table.add_column(header, justify="right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     table.add_section()
-    table.add_row("events/s", f"{rate:,.0f}", "")
-    table.add_row("added", f"{added:,}", "")
-    table.add_row("total", f"{sum(ends):,}", f"{sum(done.values()):,}")
+    for row in totals:
+        table.add_row(*row)
     return table
 
 

@@ -173,6 +173,24 @@ class Log(Protocol):
         ...
 
 
+@runtime_checkable
+class MaintainedLog(Log, Protocol):
+    """A log whose storage this process looks after (the file log): it deletes what is past
+    retention and checks its own checksums. Kafka's brokers do both for the Kafka log."""
+
+    def enforce_retention(
+        self, now_ms: int | None = None, consumed: Mapping[int, int] | None = None
+    ) -> int:
+        """Delete the oldest data past retention, but only data below ``consumed`` (per
+        partition, the offset every consumer that matters has passed; None: no such rule).
+        Returns how many units (segments) were deleted."""
+        ...
+
+    def verify(self) -> list[str]:
+        """Check every record's checksum; return the problems found (none: healthy)."""
+        ...
+
+
 class LogReader:
     """Reads one partition from an offset on, remembering its position between polls."""
 

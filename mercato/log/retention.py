@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from mercato.archive.layout import read_state
 from mercato.config import Config
+from mercato.log.base import Log, MaintainedLog
 from mercato.store import open_store
 
 
@@ -33,11 +34,9 @@ def consumed_offsets(config: Config) -> dict[int, int] | None:
     return {p: min(s.get(p, 0) for s in sources) for p in range(config.log.partitions)}
 
 
-def enforce_retention(config: Config, log: object, now_ms: int | None = None) -> int:
+def enforce_retention(config: Config, log: Log, now_ms: int | None = None) -> int:
     """Apply the log's retention limits, held back by :func:`consumed_offsets`; a log with no
     retention of its own (Kafka keeps its own) deletes nothing here."""
-    enforce = getattr(log, "enforce_retention", None)
-    if enforce is None:
+    if not isinstance(log, MaintainedLog):
         return 0
-    deleted: int = enforce(now_ms, consumed=consumed_offsets(config))
-    return deleted
+    return log.enforce_retention(now_ms, consumed=consumed_offsets(config))

@@ -31,10 +31,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mercato.batch.drift import TotalsStore
+from mercato.batch.seal import SEALED_THROUGH
 from mercato.batch.versions import definitions_of
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import Definitions, Metric
-from mercato.query.monitor import invalid_values
 from mercato.query.openapi import DOCS_HTML, openapi
 from mercato.query.periods import (
     EARLIEST,
@@ -68,6 +69,15 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+def invalid_values(store: TotalsStore, version: int, now: float) -> dict[str, int]:
+    """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
+    that the metric matched but could not use (a value of the wrong kind)."""
+    end = int(now) - int(now) % 900 + 900
+    return store.invalid_totals(
+        version, end - 86_400, end, store.watermark(SEALED_THROUGH, version)
+    )
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -53,10 +53,10 @@ def _admin(
 
 
 _VERSION = _param("version", "Definitions version id", {"type": "integer"}, "path")
-_STARTED = "The command started: an operation {id, command, started_at}; see /v1/admin/operations"
+_STARTED = "The action started: an operation {id, command, started_at}; see /v1/admin/operations"
 
-# The operator console's endpoints (mercato.query.operations): reads across merchants, and
-# actions run as mercato commands in subprocesses.
+# The operator console's endpoints (mercato.console.api): reads across merchants, and actions
+# run in child processes, each the library call of the mercato command named in it.
 ADMIN_PATHS: dict[str, dict[str, Any]] = {
     "/v1/admin/pipeline": {
         "get": _admin(
@@ -117,7 +117,7 @@ ADMIN_PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/admin/operations": {
         "get": _admin(
-            "Commands this API process started, with their exit code and output's tail",
+            "Actions this API process started, with their exit code, output's tail and result",
             "operations",
         )
     },

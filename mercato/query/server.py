@@ -1,5 +1,5 @@
-"""Running the query API: ``mercato run api`` (the JSON API, the admin endpoints behind the
-operator console, and the dashboards)."""
+"""Running the query API: ``mercato run api`` (the JSON API, the admin endpoints of the
+operator console (:mod:`mercato.console`), and the dashboards)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from contextlib import suppress
 
 from mercato.asgi import ServerLimits, serve_asgi
 from mercato.config import Config
+from mercato.console.api import OperatorApi
+from mercato.console.launcher import Launcher, SpawnRunner
 from mercato.dashboard import routes as dashboard_routes
 from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
-from mercato.query.operations import Launcher, OperatorApi
 from mercato.query.tokens import TokenSigner, load_or_create
-from mercato.scheduler.jobs import SubprocessRunner
 from mercato.store import describe_store, open_store
 from mercato.store.base import Store
 
@@ -58,11 +58,11 @@ class LogOpener:
 def build(
     config: Config, store: Store, log: LogOpener, config_path: str | None = None
 ) -> tuple[QueryApi, OperatorApi]:
-    """The query API with the operator endpoints and the dashboards mounted."""
+    """The query API with the operator console's endpoints and the dashboards mounted."""
     definitions = load_definitions(config.aggregator.definitions or None)
     api = QueryApi(config.api, store, definitions, signer_for(config), admin_token_for(config))
-    launcher = Launcher(SubprocessRunner(config_path))
-    operator = OperatorApi(config, store, api, launcher, log=log)
+    launcher = Launcher(SpawnRunner(config))
+    operator = OperatorApi(config, store, api, launcher, log=log, config_path=config_path)
     api.add_routes([*operator.routes(), *dashboard_routes()])
     return api, operator
 

@@ -39,6 +39,3 @@ def migrate(ctx: click.Context) -> None:
     before, after = migrate_postgres(config.store.dsn)
     done = "up to date" if before == after else f"migrated from {before}"
     console.print(f"PostgreSQL store: schema version {after} ({done})", highlight=False)
-
-
-COMMANDS = [db_group]

@@ -27,7 +27,7 @@ from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.batch import MAX_INTEGER
-from mercato.query.monitor import invalid_values
+from mercato.query.app import invalid_values
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
 

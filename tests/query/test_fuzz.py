@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 from starlette.routing import Mount, Route
 
 from mercato.config import load_config
+from mercato.console.launcher import Action, Ending, Launcher
 from mercato.query.app import QueryApi
-from mercato.query.operations import Launcher
 from mercato.query.server import LogOpener, build
-from mercato.scheduler.jobs import Outcome
 from mercato.store.sqlite import SqliteStore
 from tests.serving import ADMIN, SECRET, fill, token
 
@@ -35,14 +34,14 @@ PARAMETERS = ["from", "to", "tz", "granularity", "group_by", "top", "compare", "
 
 
 class IdleRunner:
-    """Commands the console would start: recorded, never run."""
+    """Actions the console would start: recorded, never run."""
 
     def __init__(self) -> None:
-        self.commands: list[list[str]] = []
+        self.commands: list[tuple[str, ...]] = []
 
-    def run(self, command: Sequence[str], timeout: float) -> Outcome:
-        self.commands.append(list(command))
-        return Outcome(exit_code=0, output="", timed_out=False)
+    def run(self, action: Action, timeout: float, output: Callable[[str], None]) -> Ending:
+        self.commands.append(action.command)
+        return Ending()
 
     def stop(self) -> None:
         pass

@@ -1,20 +1,20 @@
 """The operator console's admin endpoints (``/v1/admin/...``, JSON, admin token).
 
-Reads across merchants (lag, freshness, archive coverage, versions and their diff, job runs,
-a merchant's setup) run in a worker thread, off the event loop that serves merchants. Actions
-that change the pipeline (run a job now, promote a version, roll back) do not run in the API
-process: each starts the same ``mercato`` command an operator would type (``mercato jobs run
-seal``, ``mercato promote 3``, ``mercato rollback``) through the scheduler's
-:class:`~mercato.scheduler.jobs.SubprocessRunner`, and ``GET /v1/admin/operations`` shows how
-it went. One command runs at most once at a time per API process.
+Mounted on the query API by ``mercato run api`` (:func:`mercato.query.server.build`), with
+whose admin check and error handling they answer. Reads across merchants (lag, freshness,
+archive coverage, versions and their diff, job runs, a merchant's setup) run in a worker
+thread, off the event loop that serves merchants. Actions that change the pipeline (run a
+job now, promote a version, roll back) do not run in the API process: each is the library
+call the ``mercato`` command of the same name makes (:mod:`mercato.console.actions`), made in
+a child process by the :class:`~mercato.console.launcher.Launcher`, and
+``GET /v1/admin/operations`` shows how it went. One action runs at most once at a time per
+API process.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,74 +30,22 @@ from mercato.archive.storage import ArchiveStorage
 from mercato.batch.versions import DROPPED, VersionError, diff
 from mercato.collector.quarantine import QuarantineView
 from mercato.config import Config
+from mercato.console.actions import promote_action, rollback_action, run_job_action
+from mercato.console.errors import OperationRunning
+from mercato.console.launcher import Action, Launcher, Operation
+from mercato.console.monitor import IngestMonitor, archive_summary, pipeline
 from mercato.errors import MercatoError
 from mercato.log.base import Log
 from mercato.query.app import ApiError, QueryApi
-from mercato.query.monitor import IngestMonitor, archive_summary, pipeline
-from mercato.scheduler.jobs import Runner, configured_jobs
+from mercato.scheduler.jobs import configured_jobs
 from mercato.store.base import Store
 
-OPERATION_TIMEOUT = 6 * 3600.0
-MAX_OPERATIONS = 50
 MERCHANT_LOOKBACK_DAYS = 90
 MAX_DIFF_DAYS = 400
 
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status, media_type="application/json")
-
-
-class Operation(msgspec.Struct):
-    """A command the console started, and how it ended."""
-
-    id: int
-    command: list[str]
-    started_at: datetime
-    finished_at: datetime | None = None
-    exit_code: int | None = None
-    output: str = ""
-
-    @property
-    def running(self) -> bool:
-        return self.finished_at is None
-
-
-class Launcher:
-    """Runs ``mercato`` commands in the background, one of each at a time, and remembers the
-    last :data:`MAX_OPERATIONS` of them."""
-
-    def __init__(self, runner: Runner, timeout: float = OPERATION_TIMEOUT) -> None:
-        self._runner = runner
-        self._timeout = timeout
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._operations: list[Operation] = []
-
-    def start(self, command: Sequence[str]) -> Operation:
-        with self._lock:
-            for known in self._operations:
-                if known.running and known.command == list(command):
-                    raise ApiError(
-                        409, "conflict", f"`mercato {' '.join(command)}` is running already"
-                    )
-            operation = Operation(next(self._ids), list(command), datetime.now(UTC))
-            self._operations = [operation, *self._operations][:MAX_OPERATIONS]
-        threading.Thread(target=self._run, args=(operation,), daemon=True).start()
-        return operation
-
-    def _run(self, operation: Operation) -> None:
-        outcome = self._runner.run(operation.command, self._timeout)
-        with self._lock:
-            operation.output = outcome.output
-            operation.exit_code = outcome.exit_status
-            operation.finished_at = datetime.now(UTC)
-
-    def operations(self) -> list[Operation]:
-        with self._lock:
-            return [msgspec.structs.replace(o) for o in self._operations]
-
-    def stop(self) -> None:
-        self._runner.stop()
 
 
 class OperatorApi:
@@ -112,6 +60,7 @@ class OperatorApi:
         launcher: Launcher,
         *,
         log: Callable[[], Log | None],
+        config_path: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -119,6 +68,7 @@ class OperatorApi:
         self.api = api
         self.launcher = launcher
         self._log = log
+        self._config_path = config_path  # the file the jobs it runs read, as the API did
         self._clock = clock
         self.ingest_monitor = IngestMonitor(log, config.api.collector_targets(config.collector))
         self.quarantine_view = QuarantineView(config)
@@ -299,7 +249,7 @@ class OperatorApi:
         name = request.path_params["name"]
         if name not in self.config.scheduler.jobs:
             raise ApiError(404, "not_found", f"no job named {name!r}")
-        return _json(self.launcher.start(["jobs", "run", name]), 202)
+        return self._start(run_job_action(name, self._config_path))
 
     async def promote(self, request: Request) -> Response:
         self.api.require_admin(request)
@@ -307,11 +257,18 @@ class OperatorApi:
         known = {v.id: v.state for v in await run_in_threadpool(self.store.versions)}
         if known.get(version, DROPPED) == DROPPED:
             raise ApiError(404, "not_found", f"no live definitions version {version}")
-        return _json(self.launcher.start(["promote", str(version), "--format", "json"]), 202)
+        return self._start(promote_action(version))
 
     async def rollback(self, request: Request) -> Response:
         self.api.require_admin(request)
-        return _json(self.launcher.start(["rollback", "--format", "json"]), 202)
+        return self._start(rollback_action())
+
+    def _start(self, action: Action) -> Response:
+        try:
+            operation: Operation = self.launcher.start(action)
+        except OperationRunning as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        return _json(operation, 202)
 
     async def operations(self, request: Request) -> Response:
         self.api.require_admin(request)

@@ -2,8 +2,8 @@
 collector: consumers' lag per partition, freshness, archive coverage, and ingest rates.
 
 Everything here reads across merchants, so only admin endpoints call it
-(:mod:`mercato.query.operations`). Each function takes the collaborators it reads; none
-writes anything.
+(:mod:`mercato.console.api`). Each function takes the collaborators it reads; none writes
+anything.
 
 Ingest rates come from two places: the log's end offsets (every event any collector made
 durable) and the Prometheus counters of the collector at ``[collector] host:port`` (events by
@@ -27,10 +27,10 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from mercato.archive.layout import Root, committed_files, read_state
-from mercato.batch.drift import TotalsStore
 from mercato.batch.seal import SEALED_THROUGH
 from mercato.errors import MercatoError
 from mercato.log.base import Log
+from mercato.query.app import invalid_values
 from mercato.store.base import Store
 
 DROPPED = "dropped"
@@ -124,15 +124,6 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
             "drift_checked_at": _iso(marks.get("drift_checked_at")),
         },
     }
-
-
-def invalid_values(store: TotalsStore, version: int, now: float) -> dict[str, int]:
-    """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
-    that the metric matched but could not use (a value of the wrong kind)."""
-    end = int(now) - int(now) % 900 + 900
-    return store.invalid_totals(
-        version, end - 86_400, end, store.watermark(SEALED_THROUGH, version)
-    )
 
 
 def archive_summary(store: Store, archive: Root, now: float, days: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The operator endpoints (``/v1/admin/...``) through a real ``mercato run api`` process, with
-a real collector feeding the log: lag, ingest rates, jobs run now, versions with their diff,
-promote and rollback as subprocesses, archive coverage and merchant lookup."""
+"""The operator console's endpoints (``/v1/admin/...``) through a real ``mercato run api``
+process, with a real collector feeding the log: lag, ingest rates, jobs run now, versions with
+their diff, promote and rollback in child processes, archive coverage and merchant lookup."""
 
 from __future__ import annotations
 
@@ -164,6 +164,14 @@ def test_a_job_runs_now_once_at_a_time_and_is_recorded(setup):
     manual = [r for r in runs if r["job"] == "seal" and r["params"] == {"trigger": "manual"}]
     assert manual, runs
     assert (manual[0]["status"] == "succeeded") == (done["exit_code"] == 0)
+    last = manual[0]
+    assert done["result"] == {
+        "job": "seal",
+        "run_id": last["id"],
+        "attempt": last["attempt"],
+        "status": last["status"],
+    }
+    assert "seal: attempt 1 of 3 started" in done["output"]  # the scheduler's logging
 
 
 def test_versions_diff_then_promote_and_roll_back(setup):
@@ -187,12 +195,16 @@ def test_versions_diff_then_promote_and_roll_back(setup):
 
     assert setup.api.call("POST", f"/v1/admin/versions/{setup.shadow}/promote", ADMIN)[0] == 202
     promoted = wait_for_operations(setup.api)[0]
+    assert promoted["command"] == ["promote", str(setup.shadow)]
     assert promoted["exit_code"] == 0, promoted["output"]
+    assert (promoted["result"]["version"], promoted["result"]["previous"]) == (setup.shadow, 1)
+    assert f"version {setup.shadow} serves now (was 1)" in promoted["output"]
     assert setup.api.get("/v1/admin/versions", ADMIN)[1]["serving"] == setup.shadow
     assert setup.api.call("POST", "/v1/admin/rollback", ADMIN)[0] == 202
     rolled = wait_for_operations(setup.api)[0]
-    assert rolled["command"] == ["rollback", "--format", "json"]
+    assert rolled["command"] == ["rollback"]
     assert rolled["exit_code"] == 0, rolled["output"]
+    assert (rolled["result"]["version"], rolled["result"]["previous"]) == (1, setup.shadow)
     assert setup.api.get("/v1/admin/versions", ADMIN)[1]["serving"] == 1
 
 
