@@ -35,7 +35,6 @@ from query_latency import fill as fill_series
 from workloads import fill
 
 from mercato.aggregator.aggregator import Aggregator
-from mercato.batch.versions import register
 from mercato.config import LogConfig, StoreConfig
 from mercato.log.file import FileLog
 from mercato.metrics.definitions import load_definitions
@@ -43,6 +42,7 @@ from mercato.store.base import Store
 from mercato.store.postgres import PostgresStore
 from mercato.store.postgres_schema import migrate
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import register
 
 
 def main() -> None:

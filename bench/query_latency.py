@@ -35,14 +35,14 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from benchstats import summary
 
-from mercato.batch.versions import register
 from mercato.config import StoreConfig
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import PARTIAL_SCHEMA
-from mercato.query.periods import local_midnight, periods
+from mercato.metrics.periods import local_midnight, periods
 from mercato.query.series import MerchantView, timeseries
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import register
 
 ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "Europe/Berlin", "America/New_York")
 END = datetime(2026, 11, 1, tzinfo=UTC)

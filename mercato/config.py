@@ -23,10 +23,10 @@ from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import msgspec
 
-from mercato.archive.storage import ArchiveStorage
-from mercato.errors import MercatoError
-from mercato.scheduler.cron import parse_cron
-from mercato.scheduler.errors import CronError
+from mercato.errors import ConfigError, CronError
+
+__all__ = ["ConfigError"]  # its home is mercato.errors; imported from here too
+from mercato.cron import parse_cron
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -35,8 +35,15 @@ HeaderBytes = Annotated[int, msgspec.Meta(ge=1024)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
-class ConfigError(MercatoError):
-    """The configuration is invalid; the message names the key."""
+class ArchiveLocation(msgspec.Struct, frozen=True):
+    """An archive on an object store: its ``s3://bucket/prefix`` URL and how to reach it."""
+
+    url: str
+    s3_endpoint: str = ""  # empty: AWS
+    s3_region: str = ""  # empty: the AWS SDK's default
+
+    def __str__(self) -> str:
+        return self.url
 
 
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -272,14 +279,13 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.data_path / "keys.json"
 
     @property
-    def archive_path(self) -> Path | ArchiveStorage:
-        """The archive root: a local directory, or the storage of an ``s3://`` one (a path
-        alone does not say which endpoint and region to reach it at)."""
+    def archive_path(self) -> Path | ArchiveLocation:
+        """The archive root: a local directory, or where an ``s3://`` one is and how to reach
+        it (a URL alone does not say which endpoint and region); ``mercato.archive`` opens
+        either."""
         if "://" in self.archive.path:
             settings = self.archive
-            return ArchiveStorage(
-                settings.path, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region
-            )
+            return ArchiveLocation(settings.path, settings.s3_endpoint, settings.s3_region)
         return Path(self.archive.path) if self.archive.path else self.data_path / "archive"
 
     @property

@@ -4,7 +4,8 @@ Every error Mercato raises on purpose derives from :class:`MercatoError`; each r
 own subclasses in its ``errors.py``::
 
     MercatoError
-    ├── ConfigError                 (mercato.config)
+    ├── ConfigError                 (here: the configuration is invalid; names the key)
+    ├── CronError                   (here: a schedule that is not a five-field cron expression)
     ├── EventError                  (mercato.events.errors)
     │   ├── InvalidEventError
     │   └── EventTooLargeError
@@ -27,6 +28,14 @@ traceback.
 
 class MercatoError(Exception):
     """Base class of every error Mercato raises on purpose."""
+
+
+class ConfigError(MercatoError):
+    """The configuration is invalid; the message names the key."""
+
+
+class CronError(MercatoError):
+    """A cron schedule does not parse; the message names the field."""
 
 
 def retry_pause(failures: int, ceiling: float = 30.0) -> float:

@@ -16,16 +16,16 @@ from typing import Any
 import msgspec
 import pyarrow.compute as pc
 
-from mercato.batch.seal import SEALED_THROUGH
-from mercato.batch.versions import register
 from mercato.config import StoreConfig
 from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions, load_definitions, parse_definitions
 from mercato.metrics.kernel import rollup
+from mercato.names import SEALED_THROUGH
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import register
 
 DEFAULT_DEFINITIONS = Path(__file__).resolve().parents[1] / "mercato" / "metrics" / "default.yaml"
 SECRET = "dashboard-test-secret"

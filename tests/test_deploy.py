@@ -24,13 +24,13 @@ import yaml
 from mercato.cli import cli
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
-from mercato.collector.testing import call
 from mercato.config import SECTIONS, Config, ConfigError, load_config
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
+from tests.inprocess import call
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 TOML = DEPLOY / "mercato.toml"

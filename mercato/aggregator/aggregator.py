@@ -24,6 +24,7 @@ from mercato.log.base import Log, LogEntry
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import rollup
+from mercato.names import aggregator_consumer
 from mercato.store.base import RollupStore, VersionStore
 from mercato.store.errors import OffsetConflictError
 
@@ -73,7 +74,7 @@ class Aggregator:
         self.version = store.register_version(definitions.version, definitions.text)
         if store.serving_version() is None:
             store.set_serving_version(self.version)
-        self.consumer = f"aggregator/{definitions.version}"
+        self.consumer = aggregator_consumer(definitions.version)
         self._dedup_window = dedup_window
         # a consumer new to the store starts at start_offsets (a promote's replay) or at
         # the beginning of the log

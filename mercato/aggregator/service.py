@@ -9,8 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from mercato.aggregator.aggregator import Aggregator, AggregatorStore
-from mercato.batch.seal import SEALED_THROUGH
-from mercato.batch.versions import REPLAY_MARGIN, definitions_of, replay_start, serving
+from mercato.aggregator.replay import REPLAY_MARGIN, replay_start
 from mercato.config import Config
 from mercato.errors import retry_pause
 from mercato.log import open_log
@@ -18,9 +17,11 @@ from mercato.log.assignment import Assignment, open_assignment
 from mercato.log.base import Log
 from mercato.log.errors import PERMANENT, LogError
 from mercato.metrics.definitions import Definitions, load_definitions
+from mercato.names import SEALED_THROUGH, aggregator_consumer
 from mercato.store import describe_store, open_store
 from mercato.store.base import VersionStore
 from mercato.store.errors import StoreUnavailableError, StoreWriteError
+from mercato.store.versions import definitions_of, serving
 
 logger = logging.getLogger("mercato.aggregator")
 
@@ -105,7 +106,7 @@ def _aggregator(
     definitions = definitions_of(store, version)
     through = store.watermark(SEALED_THROUGH, version)
     starts = None
-    if through is not None and not store.offsets(f"aggregator/{definitions.version}"):
+    if through is not None and not store.offsets(aggregator_consumer(definitions.version)):
         since = datetime.fromtimestamp(through, UTC) - REPLAY_MARGIN
         starts = {p: replay_start(log, p, since) for p in range(log.partitions)}
     return Aggregator(

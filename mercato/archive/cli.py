@@ -11,6 +11,7 @@ import msgspec
 
 from mercato.archive.compaction import compact_all, compact_hour
 from mercato.archive.layout import parse_hour
+from mercato.archive.retention import enforce_retention
 from mercato.archive.service import serve
 from mercato.clitools import (
     JSON,
@@ -22,6 +23,7 @@ from mercato.clitools import (
     print_json,
 )
 from mercato.errors import MercatoError
+from mercato.log.cli import opened_log
 
 
 @click.command("archiver")
@@ -80,3 +82,21 @@ def archive_compact(
         f"compaction deleted, {result.rows:,} rows rewritten",
         highlight=False,
     )
+
+
+# -- the log's retention (``mercato log retention``: it waits for the archiver) ------------
+
+
+@click.command("retention")
+@format_option()
+@click.pass_context
+@friendly
+def log_retention(ctx: click.Context, fmt: str) -> None:
+    """Delete segments past [log] retention_hours / retention_bytes now (only those every
+    consumer in [log] retention_waits_for has passed)."""
+    with opened_log(ctx) as log:
+        deleted = enforce_retention(context_config(ctx), log)
+    if fmt == JSON:
+        print_json({"deleted_segments": deleted})
+        return
+    console.print(f"deleted {deleted} segment(s)")

@@ -44,6 +44,7 @@ import msgspec
 
 from mercato.archive.errors import ArchiveLayoutError
 from mercato.archive.storage import ArchiveStorage
+from mercato.config import ArchiveLocation
 
 EVENTS_DIR = "events"
 STATE_DIR = "_state"
@@ -56,7 +57,7 @@ _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _HOUR_DIR = re.compile(r"hour=(\d{2})")
 _STATE_FILE = re.compile(r"archiver(-[0-9_-]+)?\.json")
 
-Root = str | os.PathLike[str] | ArchiveStorage
+Root = str | os.PathLike[str] | ArchiveStorage | ArchiveLocation
 
 
 class ArchiveFile(msgspec.Struct, frozen=True, order=True):
@@ -112,8 +113,12 @@ class ArchiveState(msgspec.Struct, frozen=True):
 
 
 def open_storage(root: Root) -> ArchiveStorage:
-    """The storage of ``root``: a path or URI, or a storage already."""
-    return root if isinstance(root, ArchiveStorage) else ArchiveStorage(root)
+    """The storage of ``root``: a path or URI, the configured location, or a storage."""
+    if isinstance(root, ArchiveStorage):
+        return root
+    if isinstance(root, ArchiveLocation):
+        return ArchiveStorage(root.url, s3_endpoint=root.s3_endpoint, s3_region=root.s3_region)
+    return ArchiveStorage(root)
 
 
 def partition_lock(partition: int) -> str:

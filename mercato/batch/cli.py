@@ -24,17 +24,7 @@ from mercato.batch.invalid import find_invalid
 from mercato.batch.seal import SealReport
 from mercato.batch.seal import seal as seal_hours
 from mercato.batch.sql import run_sql
-from mercato.batch.versions import (
-    DiffRow,
-    PromoteReport,
-    definitions_of,
-    diff,
-    promote,
-    prune,
-    reprocess,
-    rollback,
-    serving,
-)
+from mercato.batch.versions import DiffRow, PromoteReport, diff, promote, prune, reprocess, rollback
 from mercato.clitools import (
     CSV,
     JSON,
@@ -55,6 +45,7 @@ from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.metrics.definitions import load_definitions
 from mercato.store import open_store
+from mercato.store.versions import definitions_of, serving
 
 FORMAT = format_option(TABLE, JSON)
 TABULAR = format_option(TABLE, JSON, CSV)

@@ -6,7 +6,7 @@ hours touch derived again — but only days that are complete (their local midni
 span is before ``sealed_through``): merge the day's final rows of every stored metric and
 dimension with the kernel's :func:`~mercato.metrics.kernel.merge`, the day's local midnight in
 the bucket column. Local midnights fall on 15-minute UTC boundaries in every IANA zone (see
-:mod:`mercato.query.periods`), so a day is an exact union of buckets. The merchant's
+:mod:`mercato.metrics.periods`), so a day is an exact union of buckets. The merchant's
 ``days_through`` watermark says up to where its days are derived; a merchant whose zone
 changed (watermark 0) has every day derived again.
 
@@ -29,8 +29,9 @@ import pyarrow as pa
 
 from mercato.metrics.definitions import Definitions
 from mercato.metrics.kernel import TOTAL, empty_partials, merge
-from mercato.query.periods import local_midnight
-from mercato.store.base import BatchStore, DayStore, RollupStore, VersionStore, days_watermark
+from mercato.metrics.periods import local_midnight
+from mercato.names import days_watermark
+from mercato.store.base import BatchStore, DayStore, RollupStore, VersionStore
 
 HOUR = 3600
 

@@ -20,10 +20,9 @@ from typing import Protocol
 import msgspec
 
 from mercato.metrics.definitions import Definitions
+from mercato.names import DRIFT_CHECKED_AT, DRIFT_PPM, SEALED_THROUGH
 from mercato.store.base import BatchStore, VersionStore, VersionTotal
 
-DRIFT_PPM = "drift_ppm"
-DRIFT_CHECKED_AT = "drift_checked_at"
 EXACT = ("count", "sum", "min", "max")
 
 
@@ -117,3 +116,12 @@ def check_drift(
 def _value(kind: str, total: VersionTotal) -> int | None:
     value: int | None = getattr(total, kind)
     return value
+
+
+def invalid_values(store: TotalsStore, version: int, now: float) -> dict[str, int]:
+    """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
+    that the metric matched but could not use (a value of the wrong kind)."""
+    end = int(now) - int(now) % 900 + 900
+    return store.invalid_totals(
+        version, end - 86_400, end, store.watermark(SEALED_THROUGH, version)
+    )

@@ -36,10 +36,10 @@ from mercato.archive.layout import (
 from mercato.batch.days import BatchLayerStore, derive_days
 from mercato.batch.engine import Engine
 from mercato.metrics.definitions import Definitions
+from mercato.names import SEALED_THROUGH
 
 logger = logging.getLogger("mercato.batch")
 
-SEALED_THROUGH = "sealed_through"
 HOUR = 3600
 
 

@@ -17,14 +17,10 @@ import pyarrow.dataset as ds
 from mercato.archive.layout import EVENTS_DIR, Root, open_storage
 from mercato.archive.reader import committed_paths
 from mercato.archive.schema import SCHEMA
-from mercato.batch.errors import BatchError
+from mercato.batch.errors import QueryError
 
 # The Hive columns as DuckDB's read_parquet types them, for an object store's files too.
 HIVE = ds.partitioning(pa.schema([("date", pa.date32()), ("hour", pa.string())]), flavor="hive")
-
-
-class QueryError(BatchError):
-    """The SQL did not run."""
 
 
 def run_sql(archive: Root, sql: str) -> pa.Table:

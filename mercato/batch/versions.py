@@ -24,31 +24,23 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from mercato.aggregator.aggregator import Aggregator, AggregatorStore
+from mercato.aggregator.replay import REPLAY_MARGIN, catch_up
 from mercato.archive.layout import Root
 from mercato.batch.days import BatchLayerStore
 from mercato.batch.drift import TotalsStore
 from mercato.batch.engine import Engine
-from mercato.batch.errors import BatchError
-from mercato.batch.seal import SEALED_THROUGH, SealReport, seal
-from mercato.events.model import decode_event
+from mercato.batch.errors import VersionError
+from mercato.batch.seal import SealReport, seal
 from mercato.log.base import Log
-from mercato.metrics.definitions import Definitions, Metric, parse_definitions
+from mercato.metrics.definitions import Definitions, Metric
 from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
+from mercato.names import DROPPED, SEALED_THROUGH
 from mercato.store.base import VersionStore, VersionTotal
+from mercato.store.versions import definitions_of
 
 logger = logging.getLogger("mercato.batch")
 
-# Events whose time is in a bucket the speed layer must hold may have been received a little
-# before the bucket starts (client clocks run ahead): replay from this much earlier.
-REPLAY_MARGIN = timedelta(hours=1)
-DROPPED = "dropped"
-
 Progress = Callable[[int, int], None]
-
-
-class VersionError(BatchError):
-    """A version is unknown or cannot be switched to."""
 
 
 class PromoteReport(msgspec.Struct):
@@ -65,30 +57,6 @@ class DiffRow(msgspec.Struct, frozen=True):
     day: str  # UTC date
     old: float | int | None
     new: float | int | None
-
-
-def register(store: VersionStore, definitions: Definitions) -> int:
-    return store.register_version(definitions.version, definitions.text)
-
-
-def definitions_of(store: VersionStore, version: int) -> Definitions:
-    """The definitions of a registered version, from the text the store keeps."""
-    for known in store.versions():
-        if known.id == version:
-            if known.state == DROPPED:
-                raise VersionError(f"version {version} was dropped")
-            return parse_definitions(known.text, source=f"definitions version {version}")
-    raise VersionError(f"there is no definitions version {version}: see `mercato versions`")
-
-
-def serving(store: VersionStore, fallback: Definitions) -> tuple[int, Definitions]:
-    """The serving version and its definitions; with none yet, ``fallback`` starts serving."""
-    version = store.serving_version()
-    if version is None:
-        version = register(store, fallback)
-        store.set_serving_version(version)
-        return version, fallback
-    return version, definitions_of(store, version)
 
 
 def reprocess(
@@ -110,54 +78,6 @@ def reprocess(
         store, archive, definitions, engine, grace=grace, start=start, end=end, force=True,
         partitions=partitions, progress=progress,
     )  # fmt: skip
-
-
-def replay_start(log: Log, partition: int, since: datetime) -> int:
-    """The first offset of ``partition`` received at or after ``since`` (binary search: the
-    log is in arrival order)."""
-    low, high = log.start_offset(partition), log.end_offset(partition)
-    while low < high:
-        middle = (low + high) // 2
-        entries = log.read(partition, middle, 1)
-        if not entries:
-            return middle
-        try:
-            received = decode_event(entries[0].value).received_at
-        except msgspec.MsgspecError:
-            received = None  # undecodable: decide by its neighbour
-            after = log.read(partition, middle + 1, 1) if middle + 1 < high else []
-            if after:
-                try:
-                    received = decode_event(after[0].value).received_at
-                except msgspec.MsgspecError:
-                    received = None
-        if received is not None and received < since:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-def catch_up(
-    log: Log,
-    store: AggregatorStore,
-    definitions: Definitions,
-    since: datetime | None,
-    *,
-    progress: Progress | None = None,
-) -> int:
-    """Bring ``definitions``' speed layer to the end of the log; a consumer new to the store
-    starts at records received from ``since`` (None: the beginning of the log). Returns the
-    events counted."""
-    starts = {p: replay_start(log, p, since) for p in range(log.partitions)} if since else None
-    aggregator = Aggregator(log, store, definitions, start_offsets=starts)
-    total = sum(aggregator.lag().values())
-    done = 0
-    while consumed := aggregator.poll():
-        done += consumed
-        if progress is not None:
-            progress(done, total)
-    return aggregator.stats.events
 
 
 def promote(

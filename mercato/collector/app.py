@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 
+from mercato.collector.errors import HttpError
 from mercato.collector.keys import KeyStore
 from mercato.collector.metrics import CollectorMetrics
 from mercato.collector.quarantine import Quarantine, records_for
@@ -65,24 +66,6 @@ NDJSON_TYPES = frozenset(
 )
 SEGMENT_TYPES = frozenset({"application/json", "text/plain"})
 UNHEALTHY_SECONDS = 5.0
-
-
-class HttpError(Exception):
-    """A request ends with this status and error body (internal control flow)."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        retry_after: int | None = None,
-        detail: dict[str, object] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body: dict[str, object] = detail or {"code": code, "message": message}
-        self.retry_after = retry_after
 
 
 def utc_now() -> datetime:

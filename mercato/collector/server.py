@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from mercato.archive.retention import enforce_retention
 from mercato.asgi import ServerLimits, serve_asgi
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
@@ -12,7 +13,6 @@ from mercato.collector.quarantine import Quarantine, open_quarantine_log
 from mercato.config import Config
 from mercato.log import Log, open_log
 from mercato.log.errors import LogError
-from mercato.log.retention import enforce_retention
 
 logger = logging.getLogger("mercato.collector")
 

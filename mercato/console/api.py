@@ -14,10 +14,10 @@ API process.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -26,19 +26,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mercato.archive.layout import Root
-from mercato.archive.storage import ArchiveStorage
-from mercato.batch.versions import DROPPED, VersionError, diff
+from mercato.asgi.errors import ApiError
+from mercato.batch.versions import diff
 from mercato.collector.quarantine import QuarantineView
-from mercato.config import Config
+from mercato.config import ArchiveLocation, Config
 from mercato.console.actions import promote_action, rollback_action, run_job_action
 from mercato.console.errors import OperationRunning
 from mercato.console.launcher import Action, Launcher, Operation
 from mercato.console.monitor import IngestMonitor, archive_summary, pipeline
 from mercato.errors import MercatoError
 from mercato.log.base import Log
-from mercato.query.app import ApiError, QueryApi
+from mercato.metrics.definitions import Definitions
+from mercato.names import DROPPED, SEALED_THROUGH
 from mercato.scheduler.jobs import configured_jobs
 from mercato.store.base import Store
+from mercato.store.errors import DroppedVersionError, UnknownVersionError
 
 MERCHANT_LOOKBACK_DAYS = 90
 MAX_DIFF_DAYS = 400
@@ -46,6 +48,19 @@ MAX_DIFF_DAYS = 400
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(body), status, media_type="application/json")
+
+
+class Host(Protocol):
+    """What the console takes from the API that mounts it (the query API): its error
+    handling, its admin check and its cache of versions' definitions."""
+
+    def guard(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]: ...
+
+    def require_admin(self, request: Request) -> None: ...
+
+    def definitions_of(self, version: int) -> Definitions: ...
 
 
 class OperatorApi:
@@ -56,7 +71,7 @@ class OperatorApi:
         self,
         config: Config,
         store: Store,
-        api: QueryApi,
+        api: Host,
         launcher: Launcher,
         *,
         log: Callable[[], Log | None],
@@ -92,7 +107,7 @@ class OperatorApi:
 
     def _archive_root(self) -> Root | None:
         root = self.config.archive_path
-        return root if isinstance(root, ArchiveStorage) or root.exists() else None
+        return root if isinstance(root, ArchiveLocation) or root.exists() else None
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -142,7 +157,7 @@ class OperatorApi:
                         "serving": v.id == serving,
                         "sealed_through": None
                         if v.state == DROPPED
-                        else self.store.watermark("sealed_through", v.id),
+                        else self.store.watermark(SEALED_THROUGH, v.id),
                     }
                     for v in self.store.versions()
                 ],
@@ -178,7 +193,7 @@ class OperatorApi:
 
         try:
             rows = await run_in_threadpool(read)
-        except VersionError as exc:
+        except (UnknownVersionError, DroppedVersionError) as exc:
             raise ApiError(404, "not_found", str(exc)) from None
         return _json(
             {
@@ -227,7 +242,7 @@ class OperatorApi:
                         continue
                     members = self.store.members(
                         version, merchant, metric.name, "", start, now + 900,
-                        self.store.watermark("sealed_through", version),
+                        self.store.watermark(SEALED_THROUGH, version),
                     )  # fmt: skip
                     counts[metric.name] = sum(total for _, total in members)
             zone = self.store.merchant_timezone(merchant)

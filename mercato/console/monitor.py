@@ -27,13 +27,18 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from mercato.archive.layout import Root, committed_files, read_state
-from mercato.batch.seal import SEALED_THROUGH
+from mercato.batch.drift import invalid_values
 from mercato.errors import MercatoError
 from mercato.log.base import Log
-from mercato.query.app import invalid_values
+from mercato.names import (
+    DRIFT_CHECKED_AT,
+    DRIFT_PPM,
+    DROPPED,
+    SEALED_THROUGH,
+    aggregator_consumer,
+)
 from mercato.store.base import Store
 
-DROPPED = "dropped"
 ARCHIVER = "archiver"
 
 
@@ -47,7 +52,9 @@ def consumer_offsets(store: Store, archive: Root | None) -> dict[str, dict[int, 
     consumers = {}
     for version in store.versions():
         if version.state != DROPPED:
-            consumers[f"aggregator/{version.hash}"] = store.offsets(f"aggregator/{version.hash}")
+            consumers[aggregator_consumer(version.hash)] = store.offsets(
+                aggregator_consumer(version.hash)
+            )
     if archive is not None:
         try:
             consumers[ARCHIVER] = read_state(archive).next_offsets()
@@ -86,7 +93,7 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
             done = offsets.get(p["partition"])
             position = p["start_offset"] if done is None else max(done, p["start_offset"])
             lag[str(p["partition"])] = max(p["end_offset"] - position, 0)
-        version = next((v for v, h in hashes.items() if name == f"aggregator/{h}"), None)
+        version = next((v for v, h in hashes.items() if name == aggregator_consumer(h)), None)
         rows.append(
             {
                 "consumer": name,
@@ -99,7 +106,7 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
         )
     marks: dict[str, int | None] = {}
     if serving is not None:
-        for mark in (SEALED_THROUGH, "drift_ppm", "drift_checked_at"):
+        for mark in (SEALED_THROUGH, DRIFT_PPM, DRIFT_CHECKED_AT):
             marks[mark] = store.watermark(mark, serving)
     archived = None
     if archive is not None:
@@ -108,7 +115,7 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
             archived = None if watermark is None else watermark.isoformat()
         except MercatoError:
             archived = None
-    drift = marks.get("drift_ppm")
+    drift = marks.get(DRIFT_PPM)
     return {
         "now": _iso(now),
         "serving_version": serving,
@@ -121,7 +128,7 @@ def pipeline(store: Store, log: Log | None, archive: Root | None, now: float) ->
             "archived_through": archived,
             "sealed_through": _iso(marks.get(SEALED_THROUGH)),
             "drift_ratio": None if drift is None else drift / 1_000_000,
-            "drift_checked_at": _iso(marks.get("drift_checked_at")),
+            "drift_checked_at": _iso(marks.get(DRIFT_CHECKED_AT)),
         },
     }
 

@@ -33,17 +33,14 @@ from rich.table import Table
 
 from mercato.collector.keys import KeyStore
 from mercato.config import Config
+from mercato.demo.errors import DemoError
 from mercato.demo.traffic import TrafficGenerator, TrafficStats
-from mercato.errors import MercatoError
 from mercato.log import open_log
 from mercato.log.base import Log
 from mercato.metrics.definitions import load_definitions
+from mercato.names import aggregator_consumer
 from mercato.query.server import admin_token_for, signer_for
 from mercato.store import open_store
-
-
-class DemoError(MercatoError):
-    """The demo could not start."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -140,7 +137,9 @@ def run_demo(
                     return f"the {name} stopped; see {config.data_path / (name + '.log')}"
             return None
 
-        consumer = f"aggregator/{load_definitions(config.aggregator.definitions or None).version}"
+        consumer = aggregator_consumer(
+            load_definitions(config.aggregator.definitions or None).version
+        )
         with closing(open_log(config)) as log, open_store(config) as store:
             _watch(log, lambda: store.offsets(consumer), duration, console, died)
     except KeyboardInterrupt:

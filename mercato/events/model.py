@@ -67,6 +67,17 @@ class OutgoingEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     source: str
 
 
+class Record(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One log record: ``key`` (the merchant id) routes it, ``value`` is the event's bytes (to
+    the log, opaque).
+
+    It serializes as ``[key, value]``, which is how the file log stores it.
+    """
+
+    key: str
+    value: bytes
+
+
 _decoder = msgspec.json.Decoder(NormalizedEvent)
 _object_decoder = msgspec.json.Decoder(ObjectEvent)
 _encoder = msgspec.json.Encoder()

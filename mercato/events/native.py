@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from mercato.events.errors import InvalidEventError
-from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Text
+from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Record, Text
 from mercato.events.nesting import deeper_than, split
 from mercato.events.rules import (
     EventRules,
@@ -28,7 +28,6 @@ from mercato.events.rules import (
     too_deep,
     too_large,
 )
-from mercato.log.base import Record
 
 
 class NativeEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):

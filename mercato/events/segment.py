@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from mercato.events.errors import EventError, InvalidEventError
-from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent
+from mercato.events.model import EMPTY_OBJECT, AwareTime, OutgoingEvent, Record
 from mercato.events.nesting import split
 from mercato.events.rules import (
     EventRules,
@@ -44,7 +44,6 @@ from mercato.events.rules import (
     nested_too_deeply,
     too_large,
 )
-from mercato.log.base import Record
 
 Call = Literal["track", "identify", "page", "screen", "group", "alias"]
 CALLS: tuple[str, ...] = ("track", "identify", "page", "screen", "group", "alias")

@@ -23,15 +23,8 @@ from typing import Protocol, overload, runtime_checkable
 
 import msgspec
 
-
-class Record(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One record to append: ``key`` routes it, ``value`` is opaque bytes.
-
-    It serializes as ``[key, value]``, which is how the file log stores it.
-    """
-
-    key: str
-    value: bytes
+# what the log carries: the event model's records (re-exported: the log's API names them)
+from mercato.events.model import Record as Record  # noqa: PLC0414
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):

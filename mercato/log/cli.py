@@ -1,9 +1,10 @@
 """``mercato log stats|tail|check|retention`` and ``mercato kafka create-topics|check``: the
 event log inspected and maintained, and the Kafka log's topic made and checked.
 
-Thin: each command opens the configured log (:func:`mercato.log.open_log`) and calls it,
-:mod:`mercato.log.retention`, or :mod:`mercato.log.kafka_admin` (the ``[kafka]`` extra,
-imported when a ``kafka`` command runs).
+Thin: each command opens the configured log (:func:`mercato.log.open_log`) and calls it, or
+:mod:`mercato.log.kafka_admin` (the ``[kafka]`` extra, imported when a ``kafka`` command
+runs). ``retention`` is defined by the archive (:mod:`mercato.archive.retention`: it waits
+for the consumers) and named here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import click
 import msgspec
 
+from mercato.cli import Lazy, LazyGroup
 from mercato.clitools import (
     CSV,
     JSON,
@@ -37,18 +39,27 @@ from mercato.events.model import decode_event
 from mercato.log import open_log
 from mercato.log.base import Log, LogEntry, LogReader, MaintainedLog
 from mercato.log.errors import LogError
-from mercato.log.retention import enforce_retention
 
 # -- log ----------------------------------------------------------------------------------------
 
 
-@click.group("log")
+# Retention waits for the consumers (the store's offsets, the archive's state), which the
+# archive knows and the log must not import: its command is the archive's, named here.
+RETENTION = Lazy(
+    "mercato.archive.cli:log_retention",
+    "Delete segments past [log] retention_hours / retention_bytes now (only those every "
+    "consumer in [log] retention_waits_for has passed).",
+)
+
+
+@click.group("log", cls=LazyGroup, lazy={"retention": RETENTION})
 def log_group() -> None:
     """Inspect and maintain the durable event log."""
 
 
 @contextmanager
-def _opened_log(ctx: click.Context) -> Iterator[Log]:
+def opened_log(ctx: click.Context) -> Iterator[Log]:
+    """The configured log, if there is one (a command never creates it)."""
     config = context_config(ctx)
     if config.log.backend == "file" and not config.log_path.exists():
         raise MercatoError(f"no log at {config.log_path} (set data_dir or --config)")
@@ -82,7 +93,7 @@ STATS_COLUMNS = [
 @friendly
 def log_stats(ctx: click.Context, fmt: str) -> None:
     """Per-partition offsets, sizes, segments and times."""
-    with _opened_log(ctx) as log:
+    with opened_log(ctx) as log:
         stats = log.stats()
     if fmt == JSON:
         print_json(stats)
@@ -107,7 +118,7 @@ def log_stats(ctx: click.Context, fmt: str) -> None:
 @friendly
 def log_tail(ctx: click.Context, partition: tuple[int, ...], lines: int, follow: bool) -> None:
     """Print the last records of each partition as JSON lines."""
-    with _opened_log(ctx) as log:
+    with opened_log(ctx) as log:
         chosen = partition or tuple(range(log.partitions))
         for p in chosen:
             if not 0 <= p < log.partitions:
@@ -155,7 +166,7 @@ def log_check(ctx: click.Context, fmt: str) -> None:
     """Verify every frame's checksum; exit 1 if anything is corrupt."""
     if context_config(ctx).log.backend != "file":
         raise MercatoError("`mercato log check` verifies the file log; use `mercato kafka check`")
-    with _opened_log(ctx) as log:
+    with opened_log(ctx) as log:
         if not isinstance(log, MaintainedLog):
             raise MercatoError("this log has no checksums of its own to verify")
         problems = log.verify()
@@ -168,21 +179,6 @@ def log_check(ctx: click.Context, fmt: str) -> None:
             console.print("log is healthy")
     if problems:
         sys.exit(1)
-
-
-@log_group.command("retention")
-@format_option()
-@click.pass_context
-@friendly
-def log_retention(ctx: click.Context, fmt: str) -> None:
-    """Delete segments past [log] retention_hours / retention_bytes now (only those every
-    consumer in [log] retention_waits_for has passed)."""
-    with _opened_log(ctx) as log:
-        deleted = enforce_retention(context_config(ctx), log)
-    if fmt == JSON:
-        print_json({"deleted_segments": deleted})
-        return
-    console.print(f"deleted {deleted} segment(s)")
 
 
 # -- kafka --------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
         ├── LogWriteError           an append could not be made durable (disk full, I/O error)
         ├── LogLayoutError          the log on disk does not match the configuration
         └── OffsetOutOfRangeError   the offset was deleted by retention
+
+    BadFrame                    an invalid frame (inside the log; callers turn it into the above)
 """
 
 from mercato.errors import MercatoError
@@ -40,6 +42,15 @@ class OffsetOutOfRangeError(LogError):
         self.partition = partition
         self.offset = offset
         self.start = start
+
+
+class BadFrame(Exception):
+    """An invalid frame at byte ``pos``; callers turn it into an error or a truncation."""
+
+    def __init__(self, pos: int, reason: str) -> None:
+        super().__init__(f"byte {pos}: {reason}")
+        self.pos = pos
+        self.reason = reason
 
 
 # Log errors no retry mends (the log's data or layout is wrong, or records were deleted):

@@ -56,13 +56,14 @@ from mercato.log.base import (
     partition_for,
 )
 from mercato.log.errors import (
+    BadFrame,
     LogCorruptionError,
     LogError,
     LogLayoutError,
     LogWriteError,
     OffsetOutOfRangeError,
 )
-from mercato.log.segment import BadFrame, Head
+from mercato.log.segment import Head
 
 __all__ = ["FileLog"]
 

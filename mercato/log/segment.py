@@ -46,6 +46,8 @@ from typing import NamedTuple
 import crc32c
 import msgspec
 
+from mercato.log.errors import BadFrame
+
 FRAME_MAGIC = b"MRF2"
 SEGMENT_MAGIC = b"MRS2"
 HEAD_MAGIC = b"MRH2"
@@ -82,15 +84,6 @@ class Head(NamedTuple):
     segment: int
     end: int
     next_offsets: tuple[int, ...]
-
-
-class BadFrame(Exception):
-    """An invalid frame at byte ``pos``; callers turn it into an error or a truncation."""
-
-    def __init__(self, pos: int, reason: str) -> None:
-        super().__init__(f"byte {pos}: {reason}")
-        self.pos = pos
-        self.reason = reason
 
 
 def frame_header(

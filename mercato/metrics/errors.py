@@ -3,7 +3,8 @@
 ::
 
     MercatoError
-    └── DefinitionError     a definitions file is invalid; names the metric and the field
+    ├── DefinitionError     a definitions file is invalid; names the metric and the field
+    └── TooManyPeriods      a range holds more periods than allowed
 """
 
 from mercato.errors import MercatoError
@@ -11,3 +12,11 @@ from mercato.errors import MercatoError
 
 class DefinitionError(MercatoError):
     """A metric definitions file is invalid."""
+
+
+class TooManyPeriods(MercatoError):
+    """A range holds more periods than allowed."""
+
+    def __init__(self, estimate: int, limit: int) -> None:
+        super().__init__(f"about {estimate} periods; at most {limit}")
+        self.estimate, self.limit = estimate, limit

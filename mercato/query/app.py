@@ -6,7 +6,7 @@ goes through a :class:`~mercato.query.series.MerchantView` bound to it. A metric
 not exist answers 404 the same way for everyone. Admin endpoints take the admin token.
 
 Every request's cost is bounded before its work starts: ranges lie in ``[EARLIEST, LATEST)``
-(:mod:`mercato.query.periods`), a series has at most ``max_points`` periods (so each
+(:mod:`mercato.metrics.periods`), a series has at most ``max_points`` periods (so each
 granularity has a longest range), an overview at most ``max_points`` days. The work itself
 (store reads, folding) runs on a few worker threads (:class:`Offload`), never on the event
 loop, so one slow request cannot hold the others; when too many wait, the API answers 503.
@@ -31,25 +31,27 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mercato.batch.drift import TotalsStore
-from mercato.batch.seal import SEALED_THROUGH
-from mercato.batch.versions import definitions_of
+from mercato.asgi.errors import ApiError
+from mercato.batch.drift import invalid_values
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import Definitions, Metric
-from mercato.query.openapi import DOCS_HTML, openapi
-from mercato.query.periods import (
+from mercato.metrics.errors import TooManyPeriods
+from mercato.metrics.periods import (
     EARLIEST,
     GRANULARITIES,
     LATEST,
-    TooManyPeriods,
     local_midnight,
     max_range,
     periods,
 )
+from mercato.names import DRIFT_CHECKED_AT, DRIFT_PPM, SEALED_THROUGH
+from mercato.query.errors import TokenError
+from mercato.query.openapi import DOCS_HTML, openapi
 from mercato.query.series import MerchantView, Series, timeseries
-from mercato.query.tokens import TokenError, TokenSigner
+from mercato.query.tokens import TokenSigner
 from mercato.store.base import BatchStore, DayStore, RollupStore, VersionStore, check_timezone
 from mercato.store.errors import StoreError, StoreUnavailableError
+from mercato.store.versions import definitions_of
 
 CACHE_SECONDS = 1.0
 ZONE_SLACK = timedelta(days=1)  # the ends of the range are local days in any zone
@@ -63,21 +65,6 @@ T = TypeVar("T")
 class ApiStore(RollupStore, VersionStore, BatchStore, DayStore, Protocol):
     """What the query API reads and sets in the store: a merchant's rows, the serving version
     and its watermarks, merchants' time zones, and invalid totals for ``/metrics``."""
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-
-
-def invalid_values(store: TotalsStore, version: int, now: float) -> dict[str, int]:
-    """Per metric of ``version``, the events of every merchant in the 24 hours before ``now``
-    that the metric matched but could not use (a value of the wrong kind)."""
-    end = int(now) - int(now) % 900 + 900
-    return store.invalid_totals(
-        version, end - 86_400, end, store.watermark(SEALED_THROUGH, version)
-    )
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -223,7 +210,7 @@ class QueryApi:
         # or definitions
         sealed = self._cached(
             ("sealed_through", str(version)),
-            lambda: self.store.watermark("sealed_through", version),
+            lambda: self.store.watermark(SEALED_THROUGH, version),
         )
         definitions = self._versions.get(version)
         if definitions is None:
@@ -438,16 +425,17 @@ class QueryApi:
         if version is not None:
             marks = {
                 name: self.store.watermark(name, version)
-                for name in ("sealed_through", "drift_ppm", "drift_checked_at")
+                for name in (SEALED_THROUGH, DRIFT_PPM, DRIFT_CHECKED_AT)
             }
+            drift = marks[DRIFT_PPM]
             gauges = [
                 ("mercato_serving_version", "The definitions version the API serves.", version),
                 ("mercato_sealed_through_seconds",
-                 "Epoch seconds before which every bucket is final.", marks["sealed_through"]),
+                 "Epoch seconds before which every bucket is final.", marks[SEALED_THROUGH]),
                 ("mercato_drift_ratio", "Speed vs final difference of recently sealed hours.",
-                 None if marks["drift_ppm"] is None else marks["drift_ppm"] / 1_000_000),
+                 None if drift is None else drift / 1_000_000),
                 ("mercato_drift_checked_seconds", "When the drift was last checked (epoch s).",
-                 marks["drift_checked_at"]),
+                 marks[DRIFT_CHECKED_AT]),
             ]  # fmt: skip
             for name, text, value in gauges:
                 if value is not None:

@@ -3,7 +3,7 @@
 :class:`MerchantView` is the query side's only way to read rollups: it is bound to one
 merchant when it is made (from an authenticated token), so no request can reach another
 merchant's rows. :func:`timeseries` folds the 15-minute partials of a range into local
-periods (see :mod:`mercato.query.periods`) with the same rules as the kernel's merge: counts
+periods (see :mod:`mercato.metrics.periods`) with the same rules as the kernel's merge: counts
 and sums add, extremes take the extreme, sketches unite; derived metrics are computed per
 period from their parts.
 """
@@ -18,7 +18,7 @@ import msgspec
 
 from mercato.metrics.definitions import Definitions, Metric
 from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
-from mercato.query.periods import assign
+from mercato.metrics.periods import assign
 from mercato.store.base import RollupStore
 
 Value = float | int | None

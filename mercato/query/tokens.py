@@ -21,13 +21,9 @@ from pathlib import Path
 
 import msgspec
 
-from mercato.errors import MercatoError
+from mercato.query.errors import TokenError
 
 PREFIX = "mt_"
-
-
-class TokenError(MercatoError):
-    """A token is missing, malformed, forged or expired."""
 
 
 class _Claims(msgspec.Struct):

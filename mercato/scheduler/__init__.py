@@ -1,6 +1,6 @@
 """The scheduler: runs the batch jobs on time, retries them, keeps their history in the store.
 
-:mod:`~mercato.scheduler.cron` reads five-field cron schedules, :mod:`~mercato.scheduler.jobs`
+:mod:`~mercato.cron` reads five-field cron schedules, :mod:`~mercato.scheduler.jobs`
 declares jobs and runs one as a ``mercato`` subprocess, :mod:`~mercato.scheduler.hooks` tells
 someone when a job failed for good, :mod:`~mercato.scheduler.scheduler` elects a leader and
 decides what runs when (on a :mod:`~mercato.scheduler.clock` that tests replace),

@@ -4,8 +4,10 @@
 
     MercatoError
     └── SchedulerError          the scheduler cannot do what was asked
-        ├── CronError           a schedule that is not a valid five-field cron expression
         └── UnknownJobError     no job of that name is configured
+
+(a schedule that does not parse is a ``mercato.errors.CronError``: the configuration reads
+schedules too)
 """
 
 from mercato.errors import MercatoError
@@ -13,10 +15,6 @@ from mercato.errors import MercatoError
 
 class SchedulerError(MercatoError):
     """Base class of the scheduler's errors."""
-
-
-class CronError(SchedulerError):
-    """A cron schedule does not parse; the message names the field."""
 
 
 class UnknownJobError(SchedulerError):

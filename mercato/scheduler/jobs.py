@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
+from mercato.cron import CronSchedule, parse_cron
 from mercato.errors import MercatoError
-from mercato.scheduler.cron import CronSchedule, parse_cron
 from mercato.scheduler.errors import UnknownJobError
 
 if TYPE_CHECKING:

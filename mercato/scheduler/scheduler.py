@@ -38,6 +38,7 @@ from datetime import datetime
 from typing import Any
 
 from mercato.config import Config
+from mercato.names import RUNNING
 from mercato.scheduler.clock import Clock, SystemClock
 from mercato.scheduler.hooks import ErrorHook, Failure
 from mercato.scheduler.jobs import (
@@ -50,7 +51,7 @@ from mercato.scheduler.jobs import (
     SubprocessRunner,
     configured_jobs,
 )
-from mercato.store.base import RUNNING, JobStore
+from mercato.store.base import JobStore
 from mercato.store.errors import StoreError
 
 logger = logging.getLogger("mercato.scheduler")

@@ -43,15 +43,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA, sort_partials
+from mercato.names import REGISTERED
 from mercato.store.errors import (
     InvalidPartialsError,
     InvalidTimezoneError,
     OffsetConflictError,
     StoreWriteError,
 )
-
-REGISTERED = "registered"
-RUNNING = "running"  # the status of a job run that has started and not finished
 
 
 class DefinitionVersion(msgspec.Struct, frozen=True):
@@ -452,11 +450,6 @@ def metric_names(metrics: Sequence[str]) -> list[str]:
     if isinstance(metrics, str):
         raise TypeError("metrics must be a sequence of metric names, not one string")
     return list(metrics)
-
-
-def days_watermark(merchant_id: str) -> str:
-    """The watermark name of how far a merchant's local-day rows are derived."""
-    return f"days_through/{merchant_id}"
 
 
 def check_timezone(timezone: str) -> str:

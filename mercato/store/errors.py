@@ -11,6 +11,7 @@
         ├── OffsetConflictError     a write's expected offsets are not the stored ones (fenced)
         ├── InvalidPartialsError    the partials do not fit PARTIAL_SCHEMA (null key, bad type)
         ├── UnknownVersionError     no definitions version has that id
+        ├── DroppedVersionError     that definitions version was dropped (its rows are gone)
         ├── InvalidTimezoneError    not an IANA time zone name
         └── UnknownJobRunError      no job run has that id
 """
@@ -61,7 +62,17 @@ class UnknownVersionError(StoreError):
     """No metric definitions version is registered under this id."""
 
     def __init__(self, version: int) -> None:
-        super().__init__(f"no definitions version {version} is registered")
+        super().__init__(
+            f"no definitions version {version} is registered (`mercato versions list` lists them)"
+        )
+        self.version = version
+
+
+class DroppedVersionError(StoreError):
+    """A definitions version was dropped: its rows, seals and watermarks are gone."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"definitions version {version} was dropped")
         self.version = version
 
 

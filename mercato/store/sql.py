@@ -47,9 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import PARTIAL_SCHEMA, empty_partials
+from mercato.names import REGISTERED, RUNNING, aggregator_consumer, days_watermark
 from mercato.store.base import (
-    REGISTERED,
-    RUNNING,
     DefinitionVersion,
     JobRun,
     Layer,
@@ -60,7 +59,6 @@ from mercato.store.base import (
     check_timezone,
     conform_day_partials,
     conform_partials,
-    days_watermark,
     metric_names,
 )
 from mercato.store.dialect import C, Db, Dialect, first_line
@@ -209,7 +207,7 @@ class SqlStore(ABC, Generic[C]):
                 (version,),
             ):
                 db.execute(
-                    "DELETE FROM consumer_offsets WHERE consumer = ?", (f"aggregator/{hash}",)
+                    "DELETE FROM consumer_offsets WHERE consumer = ?", (aggregator_consumer(hash),)
                 )
         return dropped
 

@@ -10,13 +10,14 @@ from zoneinfo import ZoneInfo
 
 from mercato.aggregator.aggregator import Aggregator
 from mercato.batch.duckdb import DuckDbEngine
-from mercato.batch.seal import SEALED_THROUGH, seal
+from mercato.batch.seal import seal
 from mercato.config import StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
-from mercato.query.periods import periods
+from mercato.metrics.periods import periods
+from mercato.names import SEALED_THROUGH
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
 from tests.batch.test_seal import run_archiver

@@ -17,17 +17,18 @@ from hypothesis import strategies as st
 
 from mercato.aggregator.aggregator import Aggregator
 from mercato.batch.duckdb import DuckDbEngine
-from mercato.batch.seal import SEALED_THROUGH, seal
-from mercato.batch.versions import definitions_of, promote, register, reprocess, rollback
+from mercato.batch.seal import seal
+from mercato.batch.versions import promote, reprocess, rollback
 from mercato.config import StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import Definitions
-from mercato.query.periods import periods
+from mercato.metrics.periods import periods
+from mercato.names import SEALED_THROUGH, days_watermark
 from mercato.query.series import MerchantView, timeseries
-from mercato.store.base import days_watermark
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import definitions_of, register
 from tests.batch.test_seal import run_archiver
 from tests.batch.test_versions import NEW, OLD
 

@@ -6,17 +6,18 @@ from datetime import timedelta
 from pathlib import Path
 
 from mercato.aggregator.aggregator import Aggregator
-from mercato.batch.drift import DRIFT_PPM, check_drift
+from mercato.batch.drift import check_drift
 from mercato.batch.duckdb import DuckDbEngine
 from mercato.batch.seal import seal
-from mercato.collector.testing import call
 from mercato.config import ApiConfig, StoreConfig
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
+from mercato.names import DRIFT_PPM
 from mercato.query.app import QueryApi
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
 from tests.batch.test_seal import run_archiver, traffic
+from tests.inprocess import call
 
 DEFINITIONS = load_definitions()
 

@@ -21,12 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mercato.batch.invalid import find_invalid
-from mercato.batch.seal import SEALED_THROUGH, seal
+from mercato.batch.seal import seal
 from mercato.config import StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.batch import MAX_INTEGER
+from mercato.names import SEALED_THROUGH
 from mercato.query.app import invalid_values
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore

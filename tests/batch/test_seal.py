@@ -14,13 +14,14 @@ from mercato.aggregator.aggregator import Aggregator
 from mercato.archive.archiver import Archiver
 from mercato.archive.compaction import compact_hour
 from mercato.batch.duckdb import DuckDbEngine
-from mercato.batch.seal import SEALED_THROUGH, seal
+from mercato.batch.seal import seal
 from mercato.config import ArchiveConfig, StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import sketch_estimate
+from mercato.names import SEALED_THROUGH
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
 

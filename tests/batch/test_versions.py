@@ -18,24 +18,19 @@ import pytest
 from mercato.aggregator.aggregator import Aggregator
 from mercato.archive.archiver import Archiver
 from mercato.batch.duckdb import DuckDbEngine
-from mercato.batch.seal import SEALED_THROUGH, seal
-from mercato.batch.versions import (
-    VersionError,
-    definitions_of,
-    diff,
-    promote,
-    prune,
-    reprocess,
-    rollback,
-)
+from mercato.batch.seal import seal
+from mercato.batch.versions import diff, promote, prune, reprocess, rollback
 from mercato.config import ArchiveConfig, StoreConfig, load_config
 from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log import open_log
 from mercato.log.base import Record
 from mercato.metrics.definitions import DEFAULT_FILE, load_definitions, parse_definitions
+from mercato.names import SEALED_THROUGH
 from mercato.query.tokens import TokenSigner
+from mercato.store.errors import UnknownVersionError
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import definitions_of
 from tests.query.test_api import Api
 
 OLD = load_definitions()
@@ -137,7 +132,7 @@ def test_reprocess_diff_promote_rollback(tmp_path: Path) -> None:
         back = rollback(store, log, config.archive_path, engine, grace=GRACE)
         assert (back.version, back.previous, store.serving_version()) == (old, new, old)
         assert prune(store, timedelta(0)) == []  # the rollback target is kept
-        with pytest.raises(VersionError, match="no definitions version 99"):
+        with pytest.raises(UnknownVersionError, match="no definitions version 99"):
             definitions_of(store, 99)
     log.close()
     engine.close()

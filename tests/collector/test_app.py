@@ -11,12 +11,12 @@ import pytest
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.collector.quarantine import Quarantine
-from mercato.collector.testing import call
 from mercato.config import CollectorConfig
 from mercato.events.model import decode_event
 from mercato.log.base import LogReader
 from mercato.log.errors import LogError
 from mercato.log.memory import MemoryLog
+from tests.inprocess import call
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
 from mercato.collector.quarantine import Quarantine
-from mercato.collector.testing import Response, call
 from mercato.config import CollectorConfig
 from mercato.events.model import decode_event
 from mercato.log.base import Log
 from mercato.log.memory import MemoryLog
+from tests.inprocess import Response, call
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SLOWEST_ANSWER = 1.0

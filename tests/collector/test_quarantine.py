@@ -261,10 +261,10 @@ def test_a_collector_on_kafka_quarantines_into_the_topic_and_503s_without_it(tmp
 
     from mercato.collector.app import CollectorApp
     from mercato.collector.keys import KeyStore
-    from mercato.collector.testing import call
     from mercato.config import CollectorConfig
     from mercato.log.kafka import KafkaLog
     from mercato.log.kafka_mock import MockKafkaCluster
+    from tests.inprocess import call
 
     keys = KeyStore(tmp_path / "keys.json", reload_interval=0)
     _, secret = keys.create("web")

@@ -14,10 +14,10 @@ import msgspec
 import pytest
 
 from mercato.archive.layout import PartitionState, file_name, hour_dir, update_state
-from mercato.batch.seal import SEALED_THROUGH
 from mercato.config import StoreConfig
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import PARTIAL_SCHEMA
+from mercato.names import SEALED_THROUGH
 from mercato.query.openapi import openapi
 from mercato.store.sqlite import SqliteStore
 from tests.conftest import CollectorFactory

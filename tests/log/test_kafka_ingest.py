@@ -17,12 +17,12 @@ from confluent_kafka import KafkaError
 
 from mercato.collector.app import CollectorApp
 from mercato.collector.keys import KeyStore
-from mercato.collector.testing import Response, call
 from mercato.config import CollectorConfig
 from mercato.events.model import decode_event
 from mercato.log.base import LogReader
 from mercato.log.kafka import KafkaLog
 from mercato.log.kafka_mock import MockKafkaCluster
+from tests.inprocess import Response, call
 
 from .conftest import kafka_config
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mercato.log.errors import BadFrame
 from mercato.log.segment import (
     FRAME_HEADER_SIZE,
-    BadFrame,
     Head,
     decode_frame,
     decode_head,

@@ -13,7 +13,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from mercato.batch.versions import register
 from mercato.config import StoreConfig
 from mercato.demo.runner import free_port
 from mercato.events.model import NormalizedEvent, encode_event
@@ -22,6 +21,7 @@ from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import rollup
 from mercato.query.tokens import TokenSigner
 from mercato.store.sqlite import SqliteStore
+from mercato.store.versions import register
 
 pytestmark = pytest.mark.slow
 

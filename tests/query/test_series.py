@@ -10,7 +10,7 @@ from mercato.events.model import NormalizedEvent, encode_event
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import rollup
-from mercato.query.periods import local_midnight, periods
+from mercato.metrics.periods import local_midnight, periods
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
 

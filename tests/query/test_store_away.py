@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from mercato.collector.testing import call
 from mercato.config import ApiConfig
 from mercato.metrics.definitions import load_definitions
 from mercato.query.app import QueryApi
 from mercato.query.tokens import TokenSigner
 from mercato.store.errors import StoreUnavailableError
 from mercato.store.sqlite import SqliteStore
+from tests.inprocess import call
 
 
 class AwayStore(SqliteStore):

@@ -19,6 +19,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from mercato.metrics.errors import TooManyPeriods
+
 Granularity = Literal["15m", "hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("15m", "hour", "day", "week", "month")
 BUCKET = 900
@@ -30,14 +32,6 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 # a local hour holds at most 8 quarter hours (Lord Howe's is 90 minutes long when its clocks
 # skip from 2:00 to 2:30): how far to search for the next or last local :00
 _STEPS = 8
-
-
-class TooManyPeriods(ValueError):
-    """A range holds more periods than allowed."""
-
-    def __init__(self, estimate: int, limit: int) -> None:
-        super().__init__(f"about {estimate} periods; at most {limit}")
-        self.estimate, self.limit = estimate, limit
 
 
 def local_midnight(day: date, zone: ZoneInfo) -> datetime:

@@ -26,7 +26,7 @@ import calendar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from mercato.scheduler.errors import CronError
+from mercato.errors import CronError
 
 MACROS = {
     "@yearly": "0 0 1 1 *",

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from mercato.archive.layout import PartitionState, update_state
-from mercato.batch.versions import register
+from mercato.archive.retention import consumed_offsets, enforce_retention
 from mercato.config import load_config
 from mercato.log import open_log
 from mercato.log.base import Record
-from mercato.log.retention import consumed_offsets, enforce_retention
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import empty_partials
 from mercato.store import open_store
+from mercato.store.versions import register
 
 
 def settings(data: Path, waits: str = "aggregator,archiver"):  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercato.scheduler.cron import parse_cron
-from mercato.scheduler.errors import CronError
+from mercato.cron import parse_cron
+from mercato.errors import CronError
 
 
 def at(text: str) -> datetime:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from mercato.archive.layout import read_state
 from mercato.config import Config
 from mercato.log.base import Log, MaintainedLog
+from mercato.names import aggregator_consumer
 from mercato.store import open_store
 
 
@@ -27,7 +28,7 @@ def consumed_offsets(config: Config) -> dict[int, int] | None:
         with open_store(config) as store:
             version = store.serving_version()
             hashes = {v.id: v.hash for v in store.versions()}
-            consumer = f"aggregator/{hashes[version]}" if version in hashes else None
+            consumer = aggregator_consumer(hashes[version]) if version in hashes else None
             sources.append(store.offsets(consumer) if consumer else {})
     if "archiver" in waits:
         sources.append(read_state(config.archive_path).next_offsets())

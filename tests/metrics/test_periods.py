@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mercato.query.periods import BUCKET, assign, local_midnight, periods
+from mercato.metrics.periods import BUCKET, assign, local_midnight, periods
 
 
 def utc(*args):
