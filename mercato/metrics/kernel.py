@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasketches import hll_sketch, hll_union, kll_floats_sketch, tgt_hll_type
@@ -149,22 +150,19 @@ def _rollup_metric(batch: pa.Table, metric: Metric, definitions: Definitions) ->
 def _aggregate(table: pa.Table, metric: Metric, dimension: str) -> pa.Table:
     keys = ["merchant_id", "member", "bucket"]
     sums = mins = maxs = sketches = None
-    if metric.kind in ("count_distinct", "percentile"):
+    if metric.kind == "count_distinct":
+        # an HLL takes each distinct value of its key once: no per-event updates
+        grouped = table.group_by(keys, use_threads=False).aggregate(
+            [("value", "count"), ("value", "distinct"), ("bad", "sum")]
+        )
+        sketches = _hlls(grouped["value_distinct"].combine_chunks())
+        counts = grouped["value_count"]
+    elif metric.kind == "percentile":
+        # a KLL takes its key's values as one array
         grouped = table.group_by(keys, use_threads=False).aggregate(
             [("value", "count"), ("value", "list"), ("bad", "sum")]
         )
-        build = hll_of if metric.kind == "count_distinct" else kll_of
-        sketches = pa.array(
-            [
-                build(v for v in values if v is not None) if count else None
-                for values, count in zip(
-                    grouped["value_list"].to_pylist(),
-                    grouped["value_count"].to_pylist(),
-                    strict=True,
-                )
-            ],
-            pa.binary(),
-        )
+        sketches = _klls(grouped["value_list"].combine_chunks())
         counts = grouped["value_count"]
     elif metric.kind == "count":
         grouped = table.group_by(keys, use_threads=False).aggregate([("ok", "sum"), ("bad", "sum")])
@@ -229,6 +227,34 @@ def _condition(batch: pa.Table, condition: Condition) -> pa.ChunkedArray:
     if op == "ne":
         return pc.fill_null(pc.not_equal(field, strings[0]), True)
     return pc.equal(field, strings[0])
+
+
+def _hlls(values: pa.ListArray) -> pa.Array:
+    """Per list of distinct strings, its tagged HLL sketch (None where the list is empty)."""
+    out: list[bytes | None] = []
+    for items in values.to_pylist():
+        present = [v for v in items if v is not None] if items else []
+        out.append(hll_of(present) if present else None)
+    return pa.array(out, pa.binary())
+
+
+def _klls(values: pa.ListArray) -> pa.Array:
+    """Per list of numbers, its tagged KLL sketch of their non-null values, fed as one
+    float32 array (the sketch's own item type); None where there are none."""
+    offsets = values.offsets.to_numpy()
+    flat = values.values
+    numbers = pc.fill_null(flat, float("nan")).to_numpy(zero_copy_only=False).astype(np.float32)
+    out: list[bytes | None] = []
+    for i in range(len(values)):
+        items = numbers[offsets[i] : offsets[i + 1]]
+        items = items[~np.isnan(items)]
+        if items.size:
+            sketch = kll_floats_sketch(KLL_K)
+            sketch.update(items)
+            out.append(b"K" + bytes(sketch.serialize()))
+        else:
+            out.append(None)
+    return pa.array(out, pa.binary())
 
 
 def hll_of(values: Iterable[str]) -> bytes:
