@@ -48,7 +48,7 @@ def friendly(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except MercatoError as exc:
-            errors.print(f"[red]error:[/] {exc}", highlight=False)
+            errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
             sys.exit(1)
 
     return wrapper
@@ -62,7 +62,7 @@ def context_config(ctx: click.Context) -> Config:
         try:
             obj["config"] = load_config(obj.get("config_path"))
         except MercatoError as exc:
-            errors.print(f"[red]error:[/] {exc}", highlight=False)
+            errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
             sys.exit(2)
     config: Config = obj["config"]
     return config

@@ -14,10 +14,11 @@ An unknown key or a value of the wrong type stops start-up with a message naming
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
@@ -330,7 +331,28 @@ def load_config(
     try:
         return msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_name_key(str(exc))}") from None
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {_name_key(str(exc))}") from None
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the choice nearest ``word``, if one is near."""
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def _env_names() -> list[str]:
+    """Every ``MERCATO_*`` variable that names a configuration key."""
+    names = [f"MERCATO_{k}".upper() for k in Config.__struct_fields__ if k not in SECTIONS]
+    for section, struct in SECTIONS.items():
+        names += [f"MERCATO_{section}_{k}".upper() for k in struct.__struct_fields__]
+    return names
+
+
+def _keys_at(key: str) -> list[str]:
+    """The keys allowed in the table at dotted ``key`` ("" is the top level)."""
+    struct: type[msgspec.Struct] | None = Config if not key else SECTIONS.get(key)
+    return list(struct.__struct_fields__) if struct is not None else []
 
 
 def _set_from_env(raw: dict[str, Any], name: str, value: str) -> None:
@@ -341,14 +363,18 @@ def _set_from_env(raw: dict[str, Any], name: str, value: str) -> None:
             if _set_nested_from_env(raw, name, section, key, value):
                 return
             if key not in struct.__struct_fields__:
-                raise ConfigError(f"unknown environment variable {name}: [{section}] has no {key}")
+                known = [f"MERCATO_{section}_{k}".upper() for k in struct.__struct_fields__]
+                raise ConfigError(
+                    f"unknown environment variable {name}: [{section}] has no {key}"
+                    f"{_did_you_mean(name, known)}"
+                )
             target = raw.setdefault(section, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"invalid configuration: {section} must be a table")
             target[key] = _env_value(struct, key, value)
             return
     if rest not in Config.__struct_fields__ or rest in SECTIONS:
-        raise ConfigError(f"unknown environment variable {name}")
+        raise ConfigError(f"unknown environment variable {name}{_did_you_mean(name, _env_names())}")
     raw[rest] = value
 
 
@@ -420,12 +446,13 @@ def _name_key(message: str, root: str = "") -> str:
     head, sep, where = message.rpartition(" - at `$")
     if not sep:
         head, where = message, ""
-        if not root:
+        if not root and not head.startswith("Object contains unknown field"):
             return message
     key = ".".join(filter(None, [root, where.rstrip("`").lstrip(".")]))
     if head.startswith("Object contains unknown field"):
         field = head.split("`")[1]
-        return f"unknown key {'.'.join(filter(None, [key, field]))!r}"
+        hint = _did_you_mean(field, _keys_at(key))
+        return f"unknown key {'.'.join(filter(None, [key, field]))!r}{hint}"
     return f"{key}: {head}"
 
 

@@ -264,3 +264,17 @@ def test_tables_fit_the_terminal_and_never_cut_a_number(tmp_path, columns):
         assert "left out to fit the terminal: " in table.stderr
     if columns == "200":
         assert table.stderr == ""  # every column shown
+
+
+def test_a_negative_prune_age_is_refused(tmp_path):
+    result = mercato("versions", "prune", "--days", "-1", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "-1.0 is not in the range x>=0" in result.stderr
+    assert not (tmp_path / "store.sqlite3").exists()  # refused before anything opened
+
+
+def test_an_error_naming_a_section_prints_it(tmp_path):
+    # rich would read "[api]" as markup and print " has no portt"
+    result = mercato("config", "show", data_dir=tmp_path, MERCATO_API_PORTT="1")
+    assert result.returncode == 2
+    assert "[api] has no portt" in result.stderr

@@ -191,3 +191,32 @@ def test_dump_with_jobs_reads_back(tmp_path):
     )
     config = load_config(path, env={})
     assert load_config(write(tmp_path, dump_config(config)), env={}) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[colector]\nport = 1\n", "unknown key 'colector' (did you mean collector?)"),
+        ("[collector]\nprot = 1\n", "unknown key 'collector.prot' (did you mean port?)"),
+        ("[collector]\nzzz = 1\n", "unknown key 'collector.zzz'"),
+    ],
+)
+def test_an_unknown_key_names_the_file_and_the_nearest_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env={})
+    assert str(raised.value) == f"invalid configuration in {path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("MERCATO_API_PORTT", "[api] has no portt (did you mean MERCATO_API_PORT?)"),
+        ("MERCATO_APIPORT", "MERCATO_APIPORT (did you mean MERCATO_API_PORT?)"),
+        ("MERCATO_QQQ", "unknown environment variable MERCATO_QQQ"),
+    ],
+)
+def test_an_unknown_variable_suggests_the_nearest(name, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(env={name: "1"})
+    assert str(raised.value).endswith(message)

@@ -350,7 +350,7 @@ def versions_list(ctx: click.Context, fmt: str) -> None:
 
 
 @versions_group.command("prune")
-@click.option("--days", type=float, default=7, show_default=True,
+@click.option("--days", type=click.FloatRange(min=0), default=7, show_default=True,
               help="Drop versions that have not served for this long.")  # fmt: skip
 @FORMAT
 @click.pass_context

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 import msgspec
+from rich.markup import escape
 
 from mercato.cli import Lazy, LazyGroup
 from mercato.clitools import (
@@ -174,7 +175,7 @@ def log_check(ctx: click.Context, fmt: str) -> None:
         print_json({"healthy": not problems, "problems": problems})
     else:
         for problem in problems:
-            errors.print(f"[red]corrupt:[/] {problem}", highlight=False)
+            errors.print(f"[red]corrupt:[/] {escape(str(problem))}", highlight=False)
         if not problems:
             console.print("log is healthy")
     if problems:

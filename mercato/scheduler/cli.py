@@ -225,7 +225,7 @@ def _job(ctx: click.Context, name: str) -> Job:
 
 
 def _usage_error(message: str) -> NoReturn:
-    errors.print(f"[red]error:[/] {message}", highlight=False)
+    errors.print(f"[red]error:[/] {escape(message)}", highlight=False)
     sys.exit(2)
 
 
