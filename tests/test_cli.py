@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from mercato.cli import COMMANDS, RUN, cli, load
+from mercato.collector.keys import KeyStore
 from mercato.config import load_config
 from mercato.log import open_log
 from mercato.log.base import Record
@@ -244,6 +247,37 @@ def test_demo_runs_and_fills_the_log(tmp_path):
     config = load_config(env={"MERCATO_DATA_DIR": str(tmp_path / "demo")})
     with open_log(config) as log:
         assert sum(log.end_offset(p) for p in range(log.partitions)) == acknowledged
+
+
+def test_ctrl_c_stops_the_demo_cleanly_and_revokes_its_key(tmp_path):
+    data = tmp_path / "demo"
+    for _ in range(2):  # the second run also finds the first run's key
+        # as a terminal does: SIGINT to the whole foreground process group
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "mercato", "demo", "--rate", "200", "--data-dir", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert demo.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "write key" not in seen and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "write key" in seen, demo.stderr.read() if demo.stderr else ""
+        time.sleep(2)  # traffic flowing, every role running
+        os.killpg(demo.pid, signal.SIGINT)
+        out, err = demo.communicate(timeout=120)
+        assert demo.returncode == 0, err
+        assert "error" not in err
+        assert "stopped; see" not in out + err
+    keys = KeyStore(data / "keys.json").list()
+    assert [k.source for k in keys] == ["demo", "demo"]
+    assert all(k.revoked_at is not None for k in keys)
 
 
 @pytest.mark.parametrize("columns", ["60", "80", "200"])

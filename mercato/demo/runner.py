@@ -94,7 +94,11 @@ def run_demo(
     port = _port(host, config.collector.port)
     api_port = _port(config.api.host, config.api.port, avoid=port)
     config.data_path.mkdir(parents=True, exist_ok=True)
-    _, secret = KeyStore(config.keys_path).create("demo")
+    keys = KeyStore(config.keys_path)
+    for stale in keys.list():  # left by a demo that was killed before it could revoke its key
+        if stale.source == DEMO_SOURCE and stale.revoked_at is None:
+            keys.revoke(stale.id)
+    key, secret = keys.create(DEMO_SOURCE)
     env = {
         **os.environ,
         "MERCATO_DATA_DIR": str(config.data_path.resolve()),
@@ -129,6 +133,7 @@ def run_demo(
             ],
             env=env,
             stdout=subprocess.PIPE,
+            start_new_session=True,
         )  # fmt: skip
 
         def died() -> str | None:
@@ -149,6 +154,7 @@ def run_demo(
             stats = _stop_traffic(traffic)
         for process in processes.values():
             _stop(process)
+        keys.revoke(key.id)  # each run has its own key, valid while it runs
     return stats
 
 
@@ -229,12 +235,20 @@ def _backfill(
 def _start_role(role: str, config: Config, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``mercato run ROLE`` in the background, its output in ``<data_dir>/ROLE.log``."""
     with open(config.data_path / f"{role}.log", "ab") as output:
+        # its own session: a Ctrl-C at the terminal reaches the demo alone, which then stops
+        # every role in order (had the roles received it too, one stopping before the demo
+        # noticed the Ctrl-C looked like a role that died)
         return subprocess.Popen(
-            [sys.executable, "-m", "mercato", "run", role], env=env, stdout=output, stderr=output
+            [sys.executable, "-m", "mercato", "run", role],
+            env=env,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
         )
 
 
 TRAFFIC_START_SECONDS = 60.0
+DEMO_SOURCE = "demo"
 
 
 def _watch(
