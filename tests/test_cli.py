@@ -312,3 +312,37 @@ def test_an_error_naming_a_section_prints_it(tmp_path):
     result = mercato("config", "show", data_dir=tmp_path, MERCATO_API_PORTT="1")
     assert result.returncode == 2
     assert "[api] has no portt" in result.stderr
+
+
+def test_the_demo_uses_the_data_dir_every_command_uses(tmp_path):
+    # no --data-dir: the demo runs where `mercato keys list` and `mercato log stats` look
+    result = subprocess.run(
+        [sys.executable, "-m", "mercato", "demo", "--duration", "2", "--rate", "200"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MERCATO_")},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "commands   mercato log stats" in result.stdout
+    stats = subprocess.run(
+        [sys.executable, "-m", "mercato", "log", "stats", "--format", "json"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MERCATO_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert (tmp_path / "mercato-data" / "keys.json").exists()
+    assert not (tmp_path / "mercato-demo").exists()
+
+
+def test_the_demo_prints_commands_for_its_own_data_dir(tmp_path):
+    data = tmp_path / "elsewhere"
+    result = mercato("demo", "--duration", "2", "--rate", "200", "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert f"MERCATO_DATA_DIR={data.resolve()} mercato log stats" in result.stdout

@@ -17,7 +17,11 @@ from mercato.errors import MercatoError
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Default: ./mercato-demo.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Default: the configured data_dir (./mercato-data), as for every other command.",
+)
 @click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="Events per second.")
 @click.option("--merchants", type=int, default=2000, show_default=True)
@@ -43,11 +47,11 @@ def demo(
 ) -> None:
     """Run the embedded pipeline with generated traffic and watch events arrive."""
     # not at the top: `mercato traffic`, which the demo starts, needs none of the pipeline
-    from mercato.demo.runner import default_demo_dir, run_demo  # noqa: PLC0415
+    from mercato.demo.runner import run_demo  # noqa: PLC0415
 
     config = context_config(ctx)
-    if data_dir is not None or config_path(ctx) is None:
-        config = msgspec.structs.replace(config, data_dir=str(data_dir or default_demo_dir()))
+    if data_dir is not None:
+        config = msgspec.structs.replace(config, data_dir=str(data_dir))
     if not (backfill.endswith("d") and backfill[:-1].isdigit()):
         raise MercatoError(f"--backfill takes days like 30d, not {backfill!r}")
     stats = run_demo(
@@ -58,6 +62,7 @@ def demo(
         backfill_days=int(backfill[:-1]),
         backfill_events=backfill_events,
         console=console,
+        config_file=config_path(ctx),
     )
     console.print(
         f"generator: {stats.events_acknowledged:,} events acknowledged in {stats.requests:,} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -88,6 +89,7 @@ def run_demo(
     backfill_days: int,
     backfill_events: int,
     console: Console,
+    config_file: str | None = None,
 ) -> TrafficStats:
     """Run the pipeline with traffic until Ctrl-C or ``duration``; return what was acknowledged."""
     host = config.collector.host
@@ -125,7 +127,9 @@ def run_demo(
         if backfill_days:
             _backfill(url, secret, generator, backfill_days, backfill_events, console)
         token, _ = signer_for(config).issue(generator.merchants[0], 7 * 86_400)
-        _introduce(console, config, url, api_url, secret, token, generator.merchants[0])
+        _introduce(
+            console, config, url, api_url, secret, token, generator.merchants[0], config_file
+        )
         traffic = subprocess.Popen(
             [
                 sys.executable, "-m", "mercato", "traffic", "--url", url, "--key", secret,
@@ -172,6 +176,7 @@ def _introduce(
     secret: str,
     token: str,
     merchant: str,
+    config_file: str | None,
 ) -> None:
     console.print(f"[bold]collector[/]  {url}   (data in {config.data_path.resolve()})")
     console.print(f"[bold]write key[/]  {secret}")
@@ -194,6 +199,24 @@ def _introduce(
         soft_wrap=True,
         highlight=False,
     )
+    console.print(
+        f"[bold]commands[/]   {commands_for(config, config_file)} log stats   "
+        "(or jobs list, keys list, seal, …)",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def commands_for(config: Config, config_file: str | None = None) -> str:
+    """How to run ``mercato`` against the demo's data from another terminal in this
+    directory: with the demo's ``--config`` file, and ``MERCATO_DATA_DIR`` unless the data
+    dir is the default one."""
+    command = "mercato"
+    if config_file is not None:
+        command += f" --config {shlex.quote(str(Path(config_file).resolve()))}"
+    if config.data_path.resolve() == Config().data_path.resolve():
+        return command
+    return f"MERCATO_DATA_DIR={shlex.quote(str(config.data_path.resolve()))} {command}"
 
 
 def _backfill(
@@ -329,7 +352,3 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def default_demo_dir() -> Path:
-    return Path("mercato-demo")
