@@ -6,26 +6,30 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import msgspec
 import uvicorn
 
 from mercato.events.native import NativeEvent
 
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
 decoder = msgspec.json.Decoder(list[NativeEvent])
 
 
-def make_app(path: str):  # type: ignore[no-untyped-def]
+def make_app(path: str) -> ASGIApp:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 while (await receive())["type"] != "lifespan.shutdown":
                     await send({"type": "lifespan.startup.complete"})
                 await send({"type": "lifespan.shutdown.complete"})
             return
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             message = await receive()
             chunks.append(message.get("body", b""))

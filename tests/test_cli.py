@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -26,7 +27,9 @@ from mercato.log.base import Record
 HEAVY = ("duckdb", "pyarrow", "pyspark", "confluent_kafka", "psycopg", "pandas", "numpy")
 
 
-def mercato(*args: str, data_dir: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+def mercato(
+    *args: str, data_dir: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **env}
     full_env.pop("MERCATO_CONFIG", None)
     if data_dir is not None:
@@ -107,7 +110,9 @@ def test_every_command_has_help_and_one_output_option():
         assert command.help, path
         options = {name: p for p in command.params for name in getattr(p, "opts", [])}
         if "--json" in options:  # the older spelling of --format json, kept hidden
-            assert options["--json"].hidden, path
+            json_option = options["--json"]
+            assert isinstance(json_option, click.Option), path
+            assert json_option.hidden, path
             assert "--format" in options, path
         if "--format" in options:
             choice = options["--format"].type
@@ -186,7 +191,7 @@ def test_keys_on_a_full_disk_are_one_line_and_leave_the_keys_as_they_were(small_
 
 def fill_log(data_dir: Path, count: int) -> None:
     config = load_config(env={"MERCATO_DATA_DIR": str(data_dir)})
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         log.append([Record(f"m_{i % 5}", msgspec.json.encode({"n": i})) for i in range(count)])
 
 
@@ -245,7 +250,7 @@ def test_demo_runs_and_fills_the_log(tmp_path):
     acknowledged = int(result.stdout.split("generator: ")[1].split(" events")[0].replace(",", ""))
     assert acknowledged > 0
     config = load_config(env={"MERCATO_DATA_DIR": str(tmp_path / "demo")})
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         assert sum(log.end_offset(p) for p in range(log.partitions)) == acknowledged
 
 

@@ -191,7 +191,9 @@ def path_of(context: click.Context) -> tuple[str, ...]:
 
 # The variable names the loader maps to keys: MERCATO_<KEY> and MERCATO_<SECTION>_<KEY>.
 def env_names() -> dict[str, tuple[str, ...]]:
-    names = {f"MERCATO_{k.upper()}": (k,) for k in Config.__struct_fields__ if k not in SECTIONS}
+    names: dict[str, tuple[str, ...]] = {
+        f"MERCATO_{k.upper()}": (k,) for k in Config.__struct_fields__ if k not in SECTIONS
+    }
     for section, struct in SECTIONS.items():
         for key in struct.__struct_fields__:
             names[f"MERCATO_{section.upper()}_{key.upper()}"] = (section, key)

@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def documented_keys() -> set[str]:
-    keys = set()
+    keys: set[str] = set()
     for cell in re.findall(r"^\| `([^`]+)`(?: / `([^`]+)`)? \|", README.read_text(), re.M):
         keys.update(k for k in cell if k)
     return keys

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -51,12 +52,12 @@ def answers(port: int) -> bool:
         connection.close()
 
 
-def get(port: int, path: str, token: str) -> dict:
+def get(port: int, path: str, token: str) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         response = connection.getresponse()
-        body = msgspec.json.decode(response.read())
+        body: dict[str, Any] = msgspec.json.decode(response.read())
         assert response.status == 200, body
         return body
     finally:

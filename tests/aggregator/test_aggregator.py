@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,7 +200,7 @@ class StallingStore(SqliteStore):
         super().__init__(path, config)
         self.meanwhile: list[Callable[[], object]] = []
 
-    def write(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def write(self, *args: Any, **kwargs: Any) -> None:
         while self.meanwhile:
             self.meanwhile.pop()()
         return super().write(*args, **kwargs)

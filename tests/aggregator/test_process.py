@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +39,7 @@ def start_aggregator(data_dir: Path, output: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def orders(batch: int, merchants: int = 40) -> list[dict]:
+def orders(batch: int, merchants: int = 40) -> list[dict[str, Any]]:
     rnd = random.Random(batch)
     return [
         {
@@ -81,7 +83,7 @@ def test_kill_9_of_the_aggregator_loses_nothing_and_counts_nothing_twice(
         assert kills >= 3
         config = load_config(env={"MERCATO_DATA_DIR": str(data)})
         version = load_definitions().version
-        with open_log(config) as log, open_store(config) as store:
+        with closing(open_log(config)) as log, open_store(config) as store:
             ends = {p: log.end_offset(p) for p in range(log.partitions) if log.end_offset(p)}
             deadline = time.monotonic() + 60
             while store.offsets(f"aggregator/{version}") != ends:
@@ -92,7 +94,7 @@ def test_kill_9_of_the_aggregator_loses_nothing_and_counts_nothing_twice(
             assert serving is not None
             for merchant, (count, amount) in expected.items():
                 rows = store.read(serving, merchant, ["orders", "gross_revenue"], *DAY)
-                got = defaultdict(lambda: [0, 0])
+                got: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
                 for row in rows.to_pylist():
                     got[row["metric"]][0] += row["count"]
                     got[row["metric"]][1] += row["sum"] or 0
@@ -120,7 +122,7 @@ def test_an_aggregator_started_on_a_full_disk_waits_for_space(small_disk, tmp_pa
                         event_time=when, received_at=when, properties={"amount": i})
         for i in range(300)
     ]  # fmt: skip
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         log.append([Record(e.merchant_id, encode_event(e)) for e in events])
         ends = {p: log.end_offset(p) for p in range(log.partitions) if log.end_offset(p)}
 

@@ -136,7 +136,8 @@ def test_a_batch_of_only_invalid_records_still_moves_on(root):
 
 
 def archived_offsets(root) -> list[int]:
-    return read_committed(root).column("log_offset").to_pylist()
+    offsets: list[int] = read_committed(root).column("log_offset").to_pylist()
+    return offsets
 
 
 def test_a_restart_resumes_from_the_state_file(root):
@@ -220,7 +221,10 @@ def test_watermark_is_the_newest_received_at_or_when_found_caught_up(root):
         clock.advance(1)
         archiver.poll()
         assert archiver.watermark() == datetime.fromtimestamp(clock.now, UTC)
-        assert read_state(root).watermark() < archiver.watermark()  # at most every 5 s
+        stored, current = read_state(root).watermark(), archiver.watermark()
+        assert stored is not None
+        assert current is not None
+        assert stored < current  # stored at most every 5 s
         clock.advance(4)
         archiver.poll()
         assert read_state(root).watermark() == datetime.fromtimestamp(clock.now, UTC)
@@ -233,7 +237,9 @@ def test_a_partition_behind_holds_the_watermark_back(root):
         clock.advance(60)
         with Archiver(log, root, config(), clock=clock, partitions=[1]) as second:
             second.poll()
-            assert second.watermark() == first.watermark() + timedelta(seconds=60)
+            first_watermark = first.watermark()
+            assert first_watermark is not None
+            assert second.watermark() == first_watermark + timedelta(seconds=60)
             assert read_state(root).watermark() == first.watermark()
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def wait_for(condition, process: subprocess.Popen[bytes], output: Path, timeout:
 def fill(data: Path, events: int, **extra: str) -> Config:
     """A log of ``events`` events under ``data``; the configuration ``mercato`` sees there."""
     config = load_config(env=environment(data, **extra))
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         for start in range(0, events, 10_000):
             stop = min(start + 10_000, events)
             log.append(records(start, stop, merchants=500, spread=timedelta(hours=6)))
@@ -110,7 +111,7 @@ def kill_9_and_restart(data: Path, events: int, kills: int, steps: range, **extr
     wait_for(lambda: archived_so_far(root) == events, process, output)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, output.read_text()
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         assert_exactly_once(root, log)
     everything = [f for hour in list_hours(root) for f in list_files(root, hour)]
     assert committed_files(root) == everything  # every crashed batch's leftover is gone
@@ -145,7 +146,7 @@ def test_compact_from_the_command_line(filled):
     assert f"{len(hours)} hour(s)" in every.stdout
     for hour in hours:
         assert len(list_files(config.archive_path, hour)) == 4
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         assert_exactly_once(config.archive_path, log)
 
 

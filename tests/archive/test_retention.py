@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mercato.archive.layout import PartitionState, update_state
 from mercato.archive.retention import consumed_offsets, enforce_retention
-from mercato.config import load_config
+from mercato.config import Config, load_config
 from mercato.log import open_log
 from mercato.log.base import Record
 from mercato.metrics.definitions import load_definitions
@@ -15,7 +15,7 @@ from mercato.store import open_store
 from mercato.store.versions import register
 
 
-def settings(data: Path, waits: str = "aggregator,archiver"):  # type: ignore[no-untyped-def]
+def settings(data: Path, waits: str = "aggregator,archiver") -> Config:
     return load_config(
         env={
             "MERCATO_DATA_DIR": str(data),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import msgspec
@@ -15,7 +16,7 @@ import pytest
 from mercato.archive.archiver import Archiver
 from mercato.archive.compaction import compact_all
 from mercato.archive.errors import ArchiveUnavailableError
-from mercato.archive.layout import committed_files, list_files, list_hours, read_state
+from mercato.archive.layout import Root, committed_files, list_files, list_hours, read_state
 from mercato.archive.reader import read_committed
 from mercato.archive.storage import ArchiveStorage
 from mercato.config import StoreConfig, load_config
@@ -44,9 +45,9 @@ STORED = [m.name for m in DEFINITIONS.stored]
 DIMENSIONS = ("", "channel", "country", "payment_method", "api_path")
 
 
-def archive(log: MemoryLog, root: object, batch: int = 40) -> None:
+def archive(log: MemoryLog, root: Root, batch: int = 40) -> None:
     settings = config(max_batch_records=batch)
-    with Archiver(log, root, settings, clock=Clock()) as archiver:  # type: ignore[arg-type]
+    with Archiver(log, root, settings, clock=Clock()) as archiver:
         drain(archiver)
 
 
@@ -153,9 +154,9 @@ def sealed_from_the_command_line(
     """``records`` logged and archived under ``data``, then ``mercato seal`` run there (with
     ``env``): the final rows it stored, by merchant and dimension."""
     settings = load_config(env=environment(data, **env))
-    with open_log(settings) as log:
+    with closing(open_log(settings)) as log:
         log.append(records)
-        run_archiver(log, settings.archive_path)  # type: ignore[arg-type]
+        run_archiver(log, settings.archive_path)
     result = mercato(data, "seal", MERCATO_BATCH_GRACE_MINUTES="0", **env)
     assert result.returncode == 0, result.stderr
     with SqliteStore(settings.store_path, StoreConfig()) as store:
@@ -289,5 +290,5 @@ def test_two_archivers_splitting_the_partitions_of_an_s3_archive_read_every_even
         "archiver-0-1.json",
         "archiver-2-3.json",
     ]
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         assert_exactly_once(root, log)

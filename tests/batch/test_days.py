@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from mercato.aggregator.aggregator import Aggregator
@@ -43,13 +44,15 @@ def orders(n: int, seed: int, prefix: str = "o") -> list[Record]:
     return records
 
 
-def daily(store: SqliteStore, version: int, merchant: str, zone: str, by_day: bool) -> list:  # type: ignore[type-arg]
+def daily(
+    store: SqliteStore, version: int, merchant: str, zone: str, by_day: bool
+) -> list[list[Any]]:
     tz = ZoneInfo(zone)
     bounds = periods(datetime(2026, 10, 31, tzinfo=tz), datetime(2026, 11, 3, tzinfo=tz), "day", tz)
     view = MerchantView(
         store, version, merchant, store.watermark(SEALED_THROUGH, version), DEFINITIONS
     )
-    out = []
+    out: list[list[Any]] = []
     for name in ("orders", "gross_revenue", "average_order_value"):
         metric = DEFINITIONS.metrics[name]
         out.append(timeseries(view, DEFINITIONS, metric, bounds, by_day=by_day)[0].values)

@@ -20,6 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mercato.batch.drift import invalid_values
+from mercato.batch.engine import Engine
 from mercato.batch.invalid import find_invalid
 from mercato.batch.seal import seal
 from mercato.config import StoreConfig
@@ -28,7 +30,6 @@ from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.batch import MAX_INTEGER
 from mercato.names import SEALED_THROUGH
-from mercato.query.app import invalid_values
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
 
@@ -122,7 +123,7 @@ def test_unusable_amounts_are_counted_as_invalid_in_stream_and_batch(tmp_path: P
     store.close()
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     from mercato.batch.duckdb import DuckDbEngine
 
     return DuckDbEngine(chunk_rows=3)  # several chunks: their partials merge

@@ -4,6 +4,8 @@ kernel; stream == batch for exact metrics; late events make a sealed hour dirty.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,11 +15,12 @@ import pytest
 from mercato.aggregator.aggregator import Aggregator
 from mercato.archive.archiver import Archiver
 from mercato.archive.compaction import compact_hour
+from mercato.archive.layout import Root
 from mercato.batch.duckdb import DuckDbEngine
 from mercato.batch.seal import seal
 from mercato.config import ArchiveConfig, StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
-from mercato.log.base import Record
+from mercato.log.base import Log, Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.kernel import sketch_estimate
@@ -78,7 +81,7 @@ def run_stream(log: MemoryLog, store: SqliteStore) -> Aggregator:
     return aggregator
 
 
-def run_archiver(log: MemoryLog, root: Path) -> None:
+def run_archiver(log: Log, root: Root) -> None:
     with Archiver(log, root, ArchiveConfig(flush_interval_seconds=0)) as archiver:
         while archiver.poll():
             pass
@@ -105,13 +108,15 @@ def layer(
 
 
 @pytest.fixture
-def engine():  # type: ignore[no-untyped-def]
+def engine() -> Iterator[DuckDbEngine]:
     engine = DuckDbEngine(chunk_rows=1_000)  # several chunks: their partials merge
     yield engine
     engine.close()
 
 
-def test_stream_equals_batch_for_exact_metrics_and_sketches_agree(tmp_path: Path, engine) -> None:  # type: ignore[no-untyped-def]
+def test_stream_equals_batch_for_exact_metrics_and_sketches_agree(
+    tmp_path: Path, engine: DuckDbEngine
+) -> None:
     log = MemoryLog(partitions=4)
     log.append(traffic(6_000))
     store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
@@ -141,7 +146,7 @@ def test_stream_equals_batch_for_exact_metrics_and_sketches_agree(tmp_path: Path
 
 def test_a_late_event_for_a_sealed_hour_is_final_after_the_next_seal(
     tmp_path: Path,
-    engine,  # type: ignore[no-untyped-def]
+    engine: DuckDbEngine,
 ) -> None:
     log = MemoryLog(partitions=4)
     log.append(traffic(2_000))
@@ -161,6 +166,7 @@ def test_a_late_event_for_a_sealed_hour_is_final_after_the_next_seal(
     bounds = [int(hour.timestamp()), int(hour.timestamp()) + 3600]
     orders = DEFINITIONS.metrics["orders"]
     before = timeseries(view, DEFINITIONS, orders, bounds)[0].values[0]
+    assert isinstance(before, int)  # a count
     assert view.is_final(bounds[1])
 
     late = NormalizedEvent(
@@ -181,7 +187,7 @@ def test_a_late_event_for_a_sealed_hour_is_final_after_the_next_seal(
     assert timeseries(view, DEFINITIONS, orders, bounds)[0].values[0] == before + 1
 
 
-def test_compaction_does_not_make_an_hour_dirty(tmp_path: Path, engine) -> None:  # type: ignore[no-untyped-def]
+def test_compaction_does_not_make_an_hour_dirty(tmp_path: Path, engine: DuckDbEngine) -> None:
     log = MemoryLog(partitions=2)
     root = tmp_path / "archive"
     store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
@@ -197,8 +203,8 @@ def test_compaction_does_not_make_an_hour_dirty(tmp_path: Path, engine) -> None:
 
 
 def test_hours_the_archiver_has_not_passed_by_the_grace_stay_unsealed(
-    tmp_path: Path, engine
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, engine: DuckDbEngine
+) -> None:
     log = MemoryLog(partitions=1)
     now = datetime.now(UTC)
     rnd = random.Random(3)
@@ -224,7 +230,7 @@ def test_seal_command_seals_then_finds_nothing_changed(tmp_path: Path) -> None:
 
     data = tmp_path / "data"
     config = load_config(env={"MERCATO_DATA_DIR": str(data), "MERCATO_LOG_FSYNC": "false"})
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         log.append(traffic(1_500))
         with Archiver(log, config.archive_path, ArchiveConfig(flush_interval_seconds=0)) as a:
             while a.poll():

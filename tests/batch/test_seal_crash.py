@@ -58,7 +58,7 @@ def test_a_seal_killed_mid_run_and_run_again_equals_an_uninterrupted_one(tmp_pat
     env = {**os.environ, "MERCATO_DATA_DIR": str(data), "MERCATO_BATCH_GRACE_MINUTES": "0",
            "MERCATO_BATCH_CHUNK_ROWS": "500"}  # fmt: skip
     store_path = data / "store.sqlite3"
-    killed_after = []
+    killed_after: list[int] = []
     for _ in range(3):
         process = subprocess.Popen(
             [sys.executable, "-m", "mercato", "seal"],

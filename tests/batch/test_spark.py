@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -154,7 +154,9 @@ def test_spark_and_duckdb_roll_up_every_hour_alike(
 def test_seal_with_spark_stores_what_a_duckdb_seal_stores(
     spark: SparkEngine, duckdb: DuckDbEngine, archive: Path, tmp_path: Path
 ) -> None:
-    def sealed(engine: Engine, name: str) -> tuple[SqliteStore, int, list[tuple[object, ...]]]:
+    def sealed(
+        engine: Engine, name: str
+    ) -> tuple[SqliteStore, int, list[tuple[datetime, int, int, int]]]:
         store = SqliteStore(tmp_path / f"{name}.sqlite3", StoreConfig())
         report = seal(store, archive, DEFINITIONS, engine, grace=timedelta(0))
         return (
@@ -191,7 +193,7 @@ def test_a_spark_seal_of_an_s3_archive_stores_what_a_duckdb_seal_of_a_local_one_
     local = sealed_from_the_command_line(tmp_path / "local", records)
     assert on_s3.keys() == local.keys()
     for key, rows in local.items():
-        assert_same_rows(on_s3[key], rows)  # type: ignore[arg-type]
+        assert_same_rows(on_s3[key], rows)
     assert sum(len(rows) for rows in local.values()) > 5_000
     assert not (tmp_path / "s3" / "archive").exists()
 

@@ -18,7 +18,7 @@ def test_sql_over_the_archive_in_three_formats(tmp_path: Path) -> None:
     records = traffic(1_000)
     log = open_log(config)
     log.append(records)
-    run_archiver(log, config.archive_path)  # type: ignore[arg-type]
+    run_archiver(log, config.archive_path)
     log.close()
     query = (
         "SELECT count(*) AS rows, count(DISTINCT merchant_id || event_id) AS events,"

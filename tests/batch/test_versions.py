@@ -53,7 +53,8 @@ GRACE = timedelta(0)
 def orders(n: int = 3_000) -> tuple[list[Record], dict[tuple[str, str], list[int]]]:
     """Orders over two UTC days; per (merchant, day): [all amounts, non-marketplace]."""
     rnd = random.Random(5)
-    records, expected = [], defaultdict(lambda: [0, 0])
+    records: list[Record] = []
+    expected: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for i in range(n):
         merchant = rnd.choice(MERCHANTS)
         when = DAY + timedelta(seconds=rnd.randrange(2 * 86_400))
@@ -142,7 +143,8 @@ def gross(api: Api, token: str) -> list[int]:
     path = "/v1/metrics/gross_revenue?from=2026-11-18&to=2026-11-20&granularity=day&tz=UTC"
     status, _, body = api.get(path, token)
     assert status == 200, body
-    return body["series"][0]["values"]
+    values: list[int] = body["series"][0]["values"]
+    return values
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def test_unsupported_content_type(collector, content_type):
     assert response.json()["error"]["code"] == "unsupported_media_type"
 
 
-def test_body_over_the_limit_is_refused_from_content_length_before_reading(tmp_path):
+def test_body_over_the_limit_is_refused_from_content_length_before_reading(tmp_path, monkeypatch):
     c = Collector(tmp_path, max_body_bytes=1000)
     reads = []
     original = c.app._read_body
@@ -149,7 +149,7 @@ def test_body_over_the_limit_is_refused_from_content_length_before_reading(tmp_p
         reads.append(1)
         return await original(receive)
 
-    c.app._read_body = spy
+    monkeypatch.setattr(c.app, "_read_body", spy)
     response = c.post(
         "/v1/events", [event(i) for i in range(50)], headers={"Content-Length": "5000"}
     )
@@ -197,7 +197,7 @@ def test_log_failure_is_503_with_retry_after_and_not_ready(collector):
     assert call(collector.app, "GET", "/readyz").status == 200
 
 
-def test_overload_is_429_with_retry_after(tmp_path):
+def test_overload_is_429_with_retry_after(tmp_path, monkeypatch):
     c = Collector(tmp_path, max_pending_events=10, retry_after_seconds=2)
     gate = threading.Event()
     original = c.log.submit
@@ -206,7 +206,7 @@ def test_overload_is_429_with_retry_after(tmp_path):
         gate.wait(5)
         return original(records)
 
-    c.log.submit = slow_submit
+    monkeypatch.setattr(c.log, "submit", slow_submit)
     results = []
 
     def post():
@@ -427,8 +427,8 @@ def deep(depth):
     return b"[" * depth + b"]" * depth
 
 
-def nested_list(depth):
-    value = 1
+def nested_list(depth: int) -> object:
+    value: object = 1
     for _ in range(depth):
         value = [value]
     return value

@@ -10,6 +10,7 @@ import selectors
 import socket
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +109,8 @@ class Client(threading.Thread):
                     key.data.sock.close()
                     self.open()
         for key in list(self.selector.get_map().values()):
-            key.fileobj.close()
+            registered: Connection = key.data  # with its socket, in open()
+            registered.sock.close()
 
     def open(self) -> None:
         sock = socket.socket()
@@ -171,7 +173,7 @@ def fresh_request(collector: CollectorProcess, tag: str) -> tuple[float, wire.Re
 
 def stored_ids(data_dir: Path) -> set[str]:
     config = load_config(env={"MERCATO_DATA_DIR": str(data_dir)})
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         return {
             decode_event(entry.value).event_id
             for partition in range(log.partitions)

@@ -21,7 +21,7 @@ from mercato.collector.quarantine import (
     summary,
 )
 from mercato.config import Config, LogConfig
-from mercato.events.model import decode_event
+from mercato.events.model import NormalizedEvent, decode_event
 from mercato.events.rules import EventRules
 from mercato.events.segment import decode_batch, decode_single, normalize_segment
 from mercato.log.base import Log, LogReader
@@ -92,7 +92,7 @@ def quarantine_batch(
     return [decode_event(r.value).event_id for r in records]
 
 
-def events_in(log: Log) -> list:
+def events_in(log: Log) -> list[NormalizedEvent]:
     return [decode_event(e.value) for p in range(log.partitions) for e in LogReader(log, p, 0)]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from segment import analytics  # the test extra's segment-analytics-python
+from segment import analytics  # type: ignore[import-untyped]  # segment-analytics-python
 
 from tests.collector.test_server import stored_events
 

@@ -13,20 +13,24 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from mercato.config import load_config
-from mercato.events.model import decode_event
+from mercato.events.model import NormalizedEvent, decode_event
 from mercato.log import open_log
 from mercato.log.base import LogReader
 
 pytestmark = pytest.mark.slow
 
 
-def event(event_id: str | None = None, merchant: str = "m_1", **overrides: object) -> dict:
+def event(
+    event_id: str | None = None, merchant: str = "m_1", **overrides: object
+) -> dict[str, object]:
     return {
         "event_id": event_id or uuid.uuid4().hex,
         "type": "order_completed",
@@ -37,11 +41,11 @@ def event(event_id: str | None = None, merchant: str = "m_1", **overrides: objec
     }
 
 
-def stored_events(data_dir: Path, partitions: int = 8) -> list:
+def stored_events(data_dir: Path, partitions: int = 8) -> list[NormalizedEvent]:
     config = load_config(
         env={"MERCATO_DATA_DIR": str(data_dir), "MERCATO_LOG_PARTITIONS": str(partitions)}
     )
-    with open_log(config) as log:
+    with closing(open_log(config)) as log:
         entries = [e for p in range(log.partitions) for e in LogReader(log, p, 0)]
         for p in range(log.partitions):
             offsets = [e.offset for e in entries if e.partition == p]
@@ -49,8 +53,9 @@ def stored_events(data_dir: Path, partitions: int = 8) -> list:
     return [decode_event(e.value) for e in entries]
 
 
-def error_of(response: tuple[int, dict[str, str], bytes]) -> dict:
-    return msgspec.json.decode(response[2])["error"]
+def error_of(response: tuple[int, dict[str, str], bytes]) -> dict[str, Any]:
+    error: dict[str, Any] = msgspec.json.decode(response[2])["error"]
+    return error
 
 
 def test_error_cases_over_http(collector_factory):
@@ -259,7 +264,7 @@ def test_disk_full_is_503_and_loses_nothing_acknowledged(collector_factory, smal
     filler = mountpoint / "filler"
     filler.write_bytes(b"\0" * 512 * 1024)
     acknowledged: list[str] = []
-    statuses = Counter()
+    statuses: Counter[int] = Counter()
     retry_after = None
     for b in range(400):
         ids = [f"d{b}-{i}" for i in range(50)]

@@ -119,6 +119,7 @@ def test_pipeline_shows_lag_per_partition_per_consumer(setup):
         # an aggregator that has read 5 records of partition 0 and none of partition 1
         store.write(1, consumer, PARTIAL_SCHEMA.empty_table(), {0: 5})
         sealed = store.watermark(SEALED_THROUGH, 1)
+    assert sealed is not None
     status, body = setup.api.get("/v1/admin/pipeline", ADMIN)
     assert status == 200
     ends = {p["partition"]: p["end_offset"] for p in body["partitions"]}

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,7 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def launcher(config: Config) -> Launcher:
+def launcher(config: Config) -> Iterator[Launcher]:
     launcher = Launcher(SpawnRunner(config, kill_grace=1.0))
     yield launcher
     launcher.stop()

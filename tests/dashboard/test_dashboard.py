@@ -115,6 +115,7 @@ def check_charts(watched: Watched, api: ApiProcess, bearer: str) -> dict[str, di
 
 def check_kpis(watched: Watched, api: ApiProcess, bearer: str) -> dict[str, Any]:
     calls = [c for c in watched.api_calls("/v1/overview") if "metrics=" not in c]
+    overview: dict[str, Any]
     status, overview = api.get(calls[-1], bearer)
     assert status == 200
     tiles = watched.page.locator(".kpi")

@@ -154,8 +154,8 @@ def test_errors_name_the_message_and_field(message, field):
     assert (info.value.index, info.value.field) == (1, field)
 
 
-def nested_list(depth):
-    value = 1
+def nested_list(depth: int) -> object:
+    value: object = 1
     for _ in range(depth):
         value = [value]
     return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,14 +33,14 @@ def kafka_cluster() -> Iterator[object]:
         yield cluster
 
 
-def kafka_config(cluster: object, partitions: int, **overrides: object) -> LogConfig:
+def kafka_config(cluster: object, partitions: int, **overrides: Any) -> LogConfig:
     """A fresh topic of ``partitions`` partitions on ``cluster`` and a config naming it."""
     from mercato.log.kafka_mock import MockKafkaCluster
 
     assert isinstance(cluster, MockKafkaCluster)
     topic = f"events-{next(_topics)}"
     cluster.create_topic(topic, partitions)
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "backend": "kafka",
         "partitions": partitions,
         "kafka_bootstrap_servers": cluster.bootstraps,
@@ -47,7 +48,7 @@ def kafka_config(cluster: object, partitions: int, **overrides: object) -> LogCo
         "kafka_linger_ms": 1,
         **overrides,
     }
-    return LogConfig(**settings)  # type: ignore[arg-type]
+    return LogConfig(**settings)
 
 
 @pytest.fixture(params=["memory", "file", "kafka"])

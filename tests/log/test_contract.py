@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -185,7 +186,7 @@ def test_log_reader_iterates_and_polls(log_factory: LogFactory) -> None:
 
 def test_concurrent_appends_from_threads(log_factory: LogFactory) -> None:
     log = log_factory(partitions=3)
-    results: list[list[Position]] = []
+    results: list[Sequence[Position]] = []
     lock = threading.Lock()
 
     def work(t: int) -> None:

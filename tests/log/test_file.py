@@ -12,11 +12,11 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from itertools import count, pairwise
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 Entry = tuple[int, str, bytes]
 
 
-def config(partitions: int = 1, **options: object) -> LogConfig:
-    return LogConfig(partitions=partitions, **{"fsync": False, **options})  # type: ignore[arg-type]
+def config(partitions: int = 1, **options: Any) -> LogConfig:
+    return LogConfig(partitions=partitions, **{"fsync": False, **options})
 
 
 def batch(tag: str, n: int = 3, key: str = "merchant-1") -> list[Record]:
@@ -499,7 +499,7 @@ def test_group_commit_batches_fsyncs(tmp_path: Path) -> None:
         os.fdatasync(fd)
 
     threads, appends_each = 16, 15
-    results: list[list[Position]] = []
+    results: list[Sequence[Position]] = []
     with FileLog(tmp_path / "log", config(4, fsync=True), fsync=counting_fsync) as log:
 
         def work(t: int) -> None:

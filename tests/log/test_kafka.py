@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from mercato.config import Config, LogConfig
 from mercato.events.model import decode_event
@@ -59,9 +59,12 @@ def test_librdkafka_consistent_partitioner_agrees_with_partition_for(
     )
     routed: dict[str, int] = {}
 
-    def delivered(err: KafkaError | None, msg: object) -> None:
+    def delivered(err: KafkaError | None, msg: Message) -> None:
         assert err is None
-        routed[msg.key().decode()] = msg.partition()  # type: ignore[attr-defined]
+        key, partition = msg.key(), msg.partition()
+        assert key is not None
+        assert partition is not None
+        routed[key.decode()] = partition
 
     for key in KEYS:
         producer.produce(config.kafka_topic, b"v", key.encode(), on_delivery=delivered)
@@ -75,7 +78,7 @@ def test_a_missing_topic_or_another_partition_count_is_refused(
 ) -> None:
     config = kafka_config(kafka_cluster, 3)
     with pytest.raises(LogLayoutError, match="has 3 partitions, the configuration says 5"):
-        KafkaLog(LogConfig(**{**_fields(config), "partitions": 5}))  # type: ignore[arg-type]
+        KafkaLog(msgspec.structs.replace(config, partitions=5))
 
 
 def test_open_log_picks_kafka(kafka_cluster: MockKafkaCluster) -> None:
@@ -180,10 +183,6 @@ def test_close_waits_for_batches_in_flight(kafka_cluster: MockKafkaCluster) -> N
         assert sum(reopened.end_offset(p) for p in range(2)) == 20
     finally:
         reopened.close()
-
-
-def _fields(config: LogConfig) -> dict[str, object]:
-    return {name: getattr(config, name) for name in config.__struct_fields__}
 
 
 def test_the_documented_message_of_a_direct_producer_is_read_back(

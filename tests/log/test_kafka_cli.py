@@ -16,11 +16,13 @@ import time
 import urllib.request
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from click.testing import CliRunner
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from mercato.cli import cli
 from mercato.config import Config, LogConfig
@@ -87,15 +89,19 @@ def test_create_topics_is_safe_to_repeat(kafka_cluster: MockKafkaCluster) -> Non
     assert f"kafka topic {config.kafka_topic} already exists (4 partitions)" in result.stdout
 
 
-class MockCreatingAdmin(AdminClient):  # type: ignore[misc]
+class MockCreatingAdmin(AdminClient):
     """A real AdminClient (metadata from the brokers) whose CreateTopics, which the mock
     cluster does not serve, creates the topic through the mock's own call."""
 
-    def __init__(self, cluster: MockKafkaCluster, settings: dict[str, object]) -> None:
+    def __init__(self, cluster: MockKafkaCluster, settings: dict[str, Any]) -> None:
         super().__init__(settings)
         self.cluster = cluster
 
-    def create_topics(self, new_topics: list[NewTopic], **_: object) -> dict[str, Future[None]]:
+    # AdminClient's own create_topics has this signature, and overrides the C base class's
+    # differently typed one the same way (confluent-kafka ignores [override] there too)
+    def create_topics(  # type: ignore[override]
+        self, new_topics: list[NewTopic], **_: object
+    ) -> dict[str, Future[None]]:
         futures: dict[str, Future[None]] = {}
         for new in new_topics:
             self.cluster.create_topic(new.topic, new.num_partitions, new.replication_factor)

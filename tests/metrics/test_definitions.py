@@ -4,11 +4,11 @@ import pytest
 
 from mercato.metrics.definitions import (
     SCHEMA_FILE,
-    DefinitionError,
     json_schema,
     load_definitions,
     parse_definitions,
 )
+from mercato.metrics.errors import DefinitionError
 
 
 def test_the_default_definitions_load():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
 
 import msgspec
 from hypothesis import given, settings
@@ -93,10 +94,19 @@ def bucket_of(at: datetime) -> int:
     return seconds - seconds % BUCKET_SECONDS
 
 
-def recompute(events):
+class Cell(TypedDict):
+    count: int
+    sum: int | None
+
+
+# (merchant, metric, dimension, member, bucket)
+CellKey = tuple[str, str, str, str, int]
+
+
+def recompute(events: list[NormalizedEvent]) -> dict[CellKey, Cell]:
     """count, sum, min, max per (merchant, metric, dimension, member, bucket), in plain Python,
     straight from the definitions' meaning (independent of the kernel)."""
-    out: dict[tuple, dict] = defaultdict(lambda: {"count": 0, "sum": None})
+    out: dict[CellKey, Cell] = defaultdict(lambda: {"count": 0, "sum": None})
     for metric in DEFINITIONS.stored:
         if metric.kind not in ("count", "sum"):
             continue
@@ -105,9 +115,12 @@ def recompute(events):
                 continue
             if metric.name == "api_errors" and not e.properties.get("status", 0) >= 500:
                 continue
-            value = e.properties.get("amount") if metric.kind == "sum" else None
-            if metric.kind == "sum" and not isinstance(value, int):
-                continue
+            value: int | None = None
+            if metric.kind == "sum":
+                amount = e.properties.get("amount")
+                if not isinstance(amount, int):
+                    continue
+                value = amount
             rows = [("", "")]
             for name in metric.dimensions:
                 path = DEFINITIONS.dimensions[name].field
@@ -117,7 +130,7 @@ def recompute(events):
             for dimension, member in rows:
                 cell = out[(e.merchant_id, metric.name, dimension, member, bucket_of(e.event_time))]
                 cell["count"] += 1
-                if metric.kind == "sum":
+                if value is not None:  # a sum metric's integer amount
                     cell["sum"] = (cell["sum"] or 0) + value
     return out
 
@@ -200,7 +213,7 @@ def test_min_max_where_operators_and_time_fields():
         """
     )
     at = T0 + timedelta(minutes=14, seconds=59)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"amount": 5, "tier": "gold", "ordered_at": "2026-03-01T10:07:00+05:45"},
         {"amount": 500, "tier": "silver"},
         {"amount": 50},
@@ -216,7 +229,7 @@ def test_min_max_where_operators_and_time_fields():
     ]  # fmt: skip
     values = [encode_event(e) for e in events]
     result = rollup(BatchBuilder(definitions).batch(values), definitions)
-    by_metric: dict[str, list] = defaultdict(list)
+    by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in result.to_pylist():
         by_metric[r["metric"]].append(r)
     assert by_metric["biggest"][0]["max"] == 500

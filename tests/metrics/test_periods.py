@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from mercato.metrics.periods import BUCKET, assign, local_midnight, periods
 
 
-def utc(*args):
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def day_lengths(zone_name, start, days):

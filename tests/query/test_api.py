@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -34,12 +35,12 @@ class Api:
     def __init__(self, port: int) -> None:
         self.port = port
 
-    def get(self, path: str, token: str | None = None) -> tuple[int, dict, dict]:
+    def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], Any]:
         return self.call("GET", path, token)
 
     def call(
         self, method: str, path: str, token: str | None = None, body: object = None
-    ) -> tuple[int, dict, dict]:
+    ) -> tuple[int, dict[str, str], Any]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:

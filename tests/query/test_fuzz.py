@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -96,7 +96,9 @@ QUERY = st.dictionaries(st.one_of(st.sampled_from(PARAMETERS), TEXT), VALUE, max
 
 
 @st.composite
-def requests(draw: st.DrawFn, endpoints: list[tuple[str, str]]) -> tuple[str, str, dict, bytes]:
+def requests(
+    draw: st.DrawFn, endpoints: list[tuple[str, str]]
+) -> tuple[str, str, dict[bytes, bytes], bytes]:
     method, template = draw(st.sampled_from(endpoints))
     path = template
     while "{" in path:
@@ -109,7 +111,7 @@ def requests(draw: st.DrawFn, endpoints: list[tuple[str, str]]) -> tuple[str, st
         path += "?" + urlencode(query)
     bearer = draw(st.one_of(st.sampled_from([token("m_1"), token("m_2"), ADMIN]),
                             TEXT.map(lambda t: "mt_" + t)))  # fmt: skip
-    headers = {"authorization": b"Bearer " + bearer.encode("utf-8")}
+    headers = {b"authorization": b"Bearer " + bearer.encode("utf-8")}
     body = b""
     if method != "GET":
         body = draw(st.one_of(
@@ -123,7 +125,13 @@ def requests(draw: st.DrawFn, endpoints: list[tuple[str, str]]) -> tuple[str, st
     return method, path, headers, body
 
 
-async def send(api: QueryApi, method: str, path: str, headers: dict, body: bytes) -> int:
+async def send(
+    api: QueryApi,
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | Mapping[bytes, bytes],
+    body: bytes,
+) -> int:
     transport = httpx.ASGITransport(app=api.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         answer = await client.request(method, path, headers=headers, content=body)
@@ -139,7 +147,7 @@ def test_every_endpoint_under_arbitrary_parameters(served) -> None:
 
     @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
     @given(request=requests(endpoints))
-    def check(request: tuple[str, str, dict, bytes]) -> None:
+    def check(request: tuple[str, str, dict[bytes, bytes], bytes]) -> None:
         method, path, headers, body = request
         began = time.perf_counter()
         status = asyncio.run(send(api, method, path, headers, body))

@@ -220,7 +220,7 @@ def test_a_slow_request_does_not_hold_other_merchants(tmp_path: Path) -> None:
         thread = threading.Thread(target=lambda: finished.append(_timed(server, heavy, big)))
         thread.start()
         time.sleep(alone / 5)  # the heavy one is folding now
-        waited = []
+        waited: list[float] = []
         while thread.is_alive() and len(waited) < 20:
             waited.append(_timed(server, light, small))
         thread.join()

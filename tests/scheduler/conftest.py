@@ -19,11 +19,13 @@ from mercato.store.sqlite import SqliteStore
 START = datetime(2026, 11, 26, 10, 2, tzinfo=UTC)
 
 
-def job(schedule: str = "* * * * *", command: Sequence[str] = ("work",), **keys: Any) -> dict:
+def job(
+    schedule: str = "* * * * *", command: Sequence[str] = ("work",), **keys: Any
+) -> dict[str, Any]:
     return {"schedule": schedule, "command": list(command), **keys}
 
 
-def make_config(jobs: dict[str, dict], **scheduler: Any) -> Config:
+def make_config(jobs: dict[str, dict[str, Any]], **scheduler: Any) -> Config:
     """A config whose [scheduler.jobs] holds exactly ``jobs`` (no default jobs)."""
     return msgspec.convert({"scheduler": {**scheduler, "jobs": jobs}}, Config, strict=False)
 

@@ -237,8 +237,10 @@ def test_configured_jobs_and_unknown_names() -> None:
         find_job(jobs, "sael")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_backfill_windows() -> None:

