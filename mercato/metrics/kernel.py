@@ -36,6 +36,12 @@ NONE_MEMBER = "(none)"
 HLL_LG_K = 12  # 4096 buckets: about 1.6% relative standard error
 KLL_K = 200  # about 1.3% rank error
 KEY = ("merchant_id", "metric", "dimension", "member", "bucket")
+# A sum beyond a signed 64-bit integer is never wrapped: it becomes OVERFLOW (a value no sum of
+# in-range values can take, as every sum stays within ±(2^63 - 1)), and so does every sum it
+# is part of. Readers show it as an overflow, never as a number.
+OVERFLOW = -(2**63)
+SUM_LIMIT = 2**63 - 1
+_EXACT = pa.decimal128(38, 0)  # holds any sum of 2^64 int64 values exactly
 
 PARTIAL_SCHEMA = pa.schema(
     [
@@ -168,13 +174,14 @@ def _aggregate(table: pa.Table, metric: Metric, dimension: str) -> pa.Table:
         grouped = table.group_by(keys, use_threads=False).aggregate([("ok", "sum"), ("bad", "sum")])
         counts = grouped["ok_sum"]
     else:
+        table = table.append_column("exact", pc.cast(table["value"], _EXACT))
         grouped = table.group_by(keys, use_threads=False).aggregate(
-            [("value", "count"), ("value", "sum"), ("value", "min"), ("value", "max"),
+            [("value", "count"), ("exact", "sum"), ("value", "min"), ("value", "max"),
              ("bad", "sum")]
         )  # fmt: skip
         counts = grouped["value_count"]
         if metric.kind == "sum":
-            sums = grouped["value_sum"]
+            sums = checked_sums(grouped["exact_sum"], None)
         elif metric.kind == "min":
             mins = grouped["value_min"]
         else:
@@ -307,9 +314,13 @@ def merge(partials: Sequence[pa.Table]) -> pa.Table:
     if not tables:
         return empty_partials()
     table = pa.concat_tables(tables)
+    over = pc.fill_null(pc.equal(table["sum"], OVERFLOW), False)
+    table = table.append_column("over", over).append_column(
+        "exact", pc.cast(pc.if_else(over, None, table["sum"]), _EXACT)
+    )
     grouped = table.group_by(list(KEY), use_threads=False).aggregate(
-        [("count", "sum"), ("sum", "sum"), ("min", "min"), ("max", "max"), ("sketch", "list"),
-         ("invalid", "sum")]
+        [("count", "sum"), ("exact", "sum"), ("over", "any"), ("min", "min"), ("max", "max"),
+         ("sketch", "list"), ("invalid", "sum")]
     )  # fmt: skip
     sketches = pa.array(
         [merge_sketches(blobs) for blobs in grouped["sketch_list"].to_pylist()], pa.binary()
@@ -318,7 +329,7 @@ def merge(partials: Sequence[pa.Table]) -> pa.Table:
         {
             **{k: grouped[k] for k in KEY},
             "count": grouped["count_sum"],
-            "sum": grouped["sum_sum"],
+            "sum": checked_sums(grouped["exact_sum"], grouped["over_any"]),
             "min": grouped["min_min"],
             "max": grouped["max_max"],
             "sketch": sketches,
@@ -326,6 +337,27 @@ def merge(partials: Sequence[pa.Table]) -> pa.Table:
         },
         schema=PARTIAL_SCHEMA,
     )
+
+
+def checked_sums(exact: pa.ChunkedArray, overflowed: pa.ChunkedArray | None) -> pa.Array:
+    """Exact (decimal) sums as int64, OVERFLOW where beyond its range or ``overflowed``."""
+    beyond = pc.greater(pc.abs(exact), pa.scalar(SUM_LIMIT, _EXACT))
+    if overflowed is not None:
+        beyond = pc.or_kleene(beyond, overflowed)
+    beyond = pc.fill_null(beyond, False)
+    fitting = pc.if_else(beyond, None, exact)
+    return pc.if_else(beyond, OVERFLOW, pc.cast(fitting, pa.int64())).combine_chunks()
+
+
+def add_sums(left: int | None, right: int | None) -> int | None:
+    """Two sums added as the store and the kernel add them: None is nothing yet, OVERFLOW
+    stays OVERFLOW, a total beyond int64 becomes OVERFLOW."""
+    if left is None or right is None:
+        return right if left is None else left
+    if OVERFLOW in (left, right):
+        return OVERFLOW
+    total = left + right
+    return total if -SUM_LIMIT <= total <= SUM_LIMIT else OVERFLOW
 
 
 def sort_partials(partials: pa.Table) -> pa.Table:

@@ -345,7 +345,7 @@ class QueryApi:
             "to": end.isoformat(),
             "complete_through": _complete_through(view, zone),
             "periods": [datetime.fromtimestamp(b, zone).isoformat() for b in bounds[:-1]],
-            "series": [_series_json(s, view, bounds) for s in series],
+            "series": [_series_json(s, view, bounds, metric) for s in series],
             # events the metric matched in the range but could not use (a value of the wrong
             # kind): left out of the values, never silently
             "invalid": sum(s.invalid for s in series),
@@ -406,7 +406,8 @@ class QueryApi:
             kpis.append(
                 {"metric": name, "unit": metric.unit, "value": value, "previous": previous,
                  "change": change, "provisional": not view.is_final(now[-1]),
-                 "invalid": current.invalid}
+                 "invalid": current.invalid,
+                 "overflow": metric.kind == "sum" and value is None}
             )  # fmt: skip
         return {
             "tz": zone.key,
@@ -601,12 +602,18 @@ def _epochs(start: datetime, end: datetime) -> list[int]:
     return [first - first % 900, last - last % 900 if last % 900 == 0 else last + 900 - last % 900]
 
 
-def _series_json(series: Series, view: MerchantView, bounds: Sequence[int]) -> dict[str, Any]:
-    return {
+def _series_json(
+    series: Series, view: MerchantView, bounds: Sequence[int], metric: Metric
+) -> dict[str, Any]:
+    body = {
         "member": series.member,
         "values": series.values,
         "provisional": [not view.is_final(end) for end in bounds[1:]],
     }
+    if metric.kind == "sum" and None in series.values:
+        # a sum beyond a signed 64-bit integer: shown as no number, never a wrapped one
+        body["overflow"] = [value is None for value in series.values]
+    return body
 
 
 def _complete_through(view: MerchantView, zone: ZoneInfo) -> str | None:

@@ -217,9 +217,11 @@ def openapi() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            "description": "periods, series (values, provisional), invalid "
-                            "(events the metric matched in the range but could not use: a "
-                            "value of the wrong kind, left out of the values)"
+                            "description": "periods, series (values, provisional, and for "
+                            "a sum that left the range of a signed 64-bit integer a null value "
+                            "flagged in overflow), invalid (events the metric matched in the "
+                            "range but could not use: a value of the wrong kind, left out of "
+                            "the values)"
                         },
                         **_ERRORS,
                     },

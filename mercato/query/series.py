@@ -17,7 +17,13 @@ from typing import Any
 import msgspec
 
 from mercato.metrics.definitions import Definitions, Metric
-from mercato.metrics.kernel import merge_sketches, sketch_estimate, sketch_quantile
+from mercato.metrics.kernel import (
+    OVERFLOW,
+    add_sums,
+    merge_sketches,
+    sketch_estimate,
+    sketch_quantile,
+)
 from mercato.metrics.periods import assign
 from mercato.store.base import RollupStore
 
@@ -102,8 +108,7 @@ class _Cell:
 
     def add(self, row: Row) -> None:
         self.count += row[_COUNT]
-        if (total := row[_SUM]) is not None:
-            self.sum = total if self.sum is None else self.sum + total
+        self.sum = add_sums(self.sum, row[_SUM])
         if (low := row[_MIN]) is not None:
             self.min = low if self.min is None else min(self.min, low)
         if (high := row[_MAX]) is not None:
@@ -123,8 +128,8 @@ def _value(metric: Metric, cell: _Cell | None) -> Value | dict[str, Value]:
         return 0 if metric.kind in ("count", "sum", "count_distinct") else None
     if metric.kind == "count":
         return cell.count
-    if metric.kind == "sum":
-        return cell.sum or 0
+    if metric.kind == "sum":  # a sum beyond 64 bits is None: no number, never a wrapped one
+        return None if cell.sum == OVERFLOW else cell.sum or 0
     if metric.kind == "min":
         return cell.min
     if metric.kind == "max":

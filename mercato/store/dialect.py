@@ -56,6 +56,11 @@ class Dialect(ABC, Generic[C]):
         return statement
 
     @abstractmethod
+    def total_of_sums(self, column: str) -> str:
+        """An aggregate of the sums in ``column`` that never wraps nor fails: the total, or
+        the kernel's OVERFLOW if one of them is or the total leaves 64 bits."""
+
+    @abstractmethod
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         """A condition that ``column`` is one of ``values``, and its parameters."""
 

@@ -61,11 +61,11 @@ import pyarrow.compute as pc
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
-from mercato.metrics.kernel import merge, merge_sketches
+from mercato.metrics.kernel import SUM_LIMIT, merge, merge_sketches
 from mercato.store.dialect import Dialect, first_line
 from mercato.store.errors import StoreClosedError, StoreError
 from mercato.store.postgres_schema import check_schema, ensure_partitions, month_of, where
-from mercato.store.sql import COLUMNS, FINAL, SPEED, SqlStore, rows_of, upsert
+from mercato.store.sql import COLUMNS, FINAL, OVERFLOW_SQL, SPEED, SqlStore, rows_of, upsert
 
 if TYPE_CHECKING:
     from mercato.config import StoreConfig
@@ -90,6 +90,7 @@ def _upsert(table: str) -> str:
         least="least",
         greatest="greatest",
         sketch=f"coalesce(excluded.sketch, {table}.sketch)",  # united before (_unite_sketches)
+        fits=f"({{a}}::numeric + {{b}}) BETWEEN {-SUM_LIMIT} AND {SUM_LIMIT}",
     )
 
 
@@ -135,6 +136,14 @@ class PostgresDialect(Dialect[Connection]):
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} = ANY(?)", (list(values),)
+
+    def total_of_sums(self, column: str) -> str:
+        exact = f"sum({column}::numeric)"
+        return (
+            f"CASE WHEN bool_or({column} = {OVERFLOW_SQL}) THEN {OVERFLOW_SQL}"
+            f" WHEN abs({exact}) > {SUM_LIMIT} THEN {OVERFLOW_SQL}"
+            f" ELSE CAST({exact} AS bigint) END"
+        )
 
     def in_transaction(self, db: Connection) -> bool:
         status = db.info.transaction_status

@@ -46,7 +46,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, empty_partials
+from mercato.metrics.kernel import OVERFLOW, PARTIAL_SCHEMA, SUM_LIMIT, empty_partials
 from mercato.names import REGISTERED, RUNNING, aggregator_consumer, days_watermark
 from mercato.store.base import (
     DefinitionVersion,
@@ -98,17 +98,32 @@ TAKE_LEASE = """
 RUN_COLUMNS = "id, job, params, attempt, status, started_at, finished_at, error, output"
 
 
-def upsert(table: str, source: str, *, least: str, greatest: str, sketch: str) -> str:
+# the kernel's OVERFLOW, written so that SQLite reads it as an integer (its literal
+# -9223372036854775808 is minus a float)
+OVERFLOW_SQL = f"({-SUM_LIMIT} - 1)"
+assert OVERFLOW == -SUM_LIMIT - 1
+
+
+def upsert(table: str, source: str, *, least: str, greatest: str, sketch: str, fits: str) -> str:
     """The statement merging rows from ``source`` (``VALUES …`` or ``SELECT …``) into the
     rollups ``table`` as :func:`~mercato.metrics.kernel.merge` would; ``least``/``greatest``
-    name the dialect's scalar minimum and maximum, ``sketch`` is the united sketch."""
+    name the dialect's scalar minimum and maximum, ``sketch`` is the united sketch, ``fits``
+    a condition that ``{a} + {b}`` fits in a signed 64-bit integer."""
     # NULL means "nothing yet": x + NULL is x, and the extreme of x and NULL is x (SQLite's
-    # scalar min()/max() return NULL if any argument is NULL, hence the coalesce).
+    # scalar min()/max() return NULL if any argument is NULL, hence the coalesce). Sums never
+    # wrap: OVERFLOW stays, and a total beyond 64 bits becomes it (kernel.add_sums).
+    old, new = f"{table}.sum", "excluded.sum"
     return f"""
         INSERT INTO {table} (version, {COLUMNS}) {source}
         ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET
             count = coalesce({table}.count + excluded.count, {table}.count, excluded.count),
-            sum = coalesce({table}.sum + excluded.sum, {table}.sum, excluded.sum),
+            sum = CASE
+                WHEN {old} IS NULL THEN {new}
+                WHEN {new} IS NULL THEN {old}
+                WHEN {old} = {OVERFLOW_SQL} OR {new} = {OVERFLOW_SQL} THEN {OVERFLOW_SQL}
+                WHEN {fits.format(a=old, b=new)} THEN {old} + {new}
+                ELSE {OVERFLOW_SQL}
+            END,
             min = coalesce({least}({table}.min, excluded.min), {table}.min, excluded.min),
             max = coalesce({greatest}({table}.max, excluded.max), {table}.max, excluded.max),
             sketch = {sketch},
@@ -411,7 +426,8 @@ class SqlStore(ABC, Generic[C]):
         with self._reading() as db:  # the sums and the sketches of the same rows
             totals = db.rows(
                 "SELECT merchant_id, metric, bucket - bucket % ? AS period,"
-                " CAST(sum(count) AS bigint), CAST(sum(sum) AS bigint), min(min), max(max)"
+                f" CAST(sum(count) AS bigint), {self._dialect.total_of_sums('sum')},"
+                " min(min), max(max)"
                 f" {rows} AND bucket >= ? AND bucket < ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
                 params,
             )

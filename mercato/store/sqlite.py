@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import pyarrow as pa
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, merge_sketches, sort_partials
+from mercato.metrics.kernel import PARTIAL_SCHEMA, add_sums, merge_sketches, sort_partials
 from mercato.store.dialect import Db, Dialect
 from mercato.store.errors import (
     StoreClosedError,
@@ -134,6 +134,7 @@ def _upsert(table: str) -> str:
             WHEN excluded.sketch IS NULL THEN {table}.sketch
             ELSE merge_sketches({table}.sketch, excluded.sketch)
         END""",
+        fits="typeof({a} + {b}) = 'integer'",  # an integer sum beyond 64 bits is a float
     )
 
 
@@ -152,6 +153,19 @@ def _merge_two(left: bytes, right: bytes) -> bytes | None:
         raise
 
 
+class _CheckedSum:
+    """The aggregate ``checked_sum``: sums added as the kernel adds them (add_sums)."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+
+    def step(self, value: int | None) -> None:
+        self.total = add_sums(self.total, value)
+
+    def finalize(self) -> int | None:
+        return self.total
+
+
 class SqliteDialect(Dialect[sqlite3.Connection]):
     """SQLite's way: ``?``, ``IN (…)``, the database's write lock, sketches merged in SQL."""
 
@@ -162,6 +176,9 @@ class SqliteDialect(Dialect[sqlite3.Connection]):
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+    def total_of_sums(self, column: str) -> str:
+        return f"checked_sum({column})"  # SQLite's sum() raises on overflow
 
     def in_transaction(self, db: sqlite3.Connection) -> bool:
         return db.in_transaction
@@ -268,6 +285,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             error = StoreUnavailableError if self._dialect.unavailable(exc) else StoreError
             raise error(f"cannot open the store {self.path}: {exc}") from exc
         db.create_function("merge_sketches", 2, _merge_two, deterministic=True)
+        # typeshed wants finalize() -> int; an all-NULL group has no sum (NULL)
+        db.create_aggregate("checked_sum", 1, _CheckedSum)  # type: ignore[arg-type]
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mercato.batch.drift import invalid_values
+from mercato.batch.drift import check_drift, invalid_values
 from mercato.batch.engine import Engine
 from mercato.batch.invalid import find_invalid
 from mercato.batch.seal import seal
@@ -29,6 +29,7 @@ from mercato.events.model import NormalizedEvent, encode_event
 from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.batch import MAX_INTEGER
+from mercato.metrics.kernel import OVERFLOW
 from mercato.names import SEALED_THROUGH
 from mercato.query.series import MerchantView, timeseries
 from mercato.store.sqlite import SqliteStore
@@ -188,3 +189,36 @@ def test_mercato_invalid_lists_the_events(tmp_path: Path) -> None:
     assert unknown.returncode != 0
     assert "no metric named 'no_such_metric'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_sum_beyond_64_bits_is_an_overflow_in_stream_batch_days_and_answers(
+    tmp_path: Path,
+) -> None:
+    # each amount is usable, but 1,100 of them in one quarter hour leave int64 (wrapped before)
+    events = [order(i, "m_1", MAX_INTEGER, i % 10) for i in range(1_100)]
+    events += [order(5_000 + i, "m_2", 250, i % 10) for i in range(3)]
+    store, version = pipeline(tmp_path, events)
+    assert totals_of_sums(store, version, "m_1", final=False) == [OVERFLOW]
+    report = seal(store, tmp_path / "archive", DEFINITIONS, _engine(), grace=timedelta(0))
+    assert report.sealed
+    assert totals_of_sums(store, version, "m_1", final=True) == [OVERFLOW]
+    assert totals_of_sums(store, version, "m_2", final=True) == [750]
+    view = MerchantView(store, version, "m_1", store.watermark(SEALED_THROUGH, version),
+                        DEFINITIONS)  # fmt: skip
+    hour = [int(T0.timestamp()), int((T0 + timedelta(hours=1)).timestamp())]
+    midnight = T0.replace(hour=0)
+    day = [int(midnight.timestamp()), int((midnight + timedelta(days=1)).timestamp())]
+    for bounds, by_day in ((hour, False), (day, True)):
+        for name in ("gross_revenue", "net_revenue", "average_order_value"):
+            metric = DEFINITIONS.metrics[name]
+            (series,) = timeseries(view, DEFINITIONS, metric, bounds, by_day=by_day)
+            assert series.values == [None], name  # no number rather than a wrong one
+    drift = check_drift(store, version, DEFINITIONS, now=T0 + timedelta(hours=2))
+    assert drift.ratio == 0  # both layers agree that it overflowed
+    store.close()
+
+
+def totals_of_sums(store: SqliteStore, version: int, merchant: str, final: bool) -> list[Any]:
+    through = EVERYTHING[1] if final else None
+    rows = store.read(version, merchant, ["gross_revenue"], *EVERYTHING, "", through)
+    return rows.column("sum").to_pylist()

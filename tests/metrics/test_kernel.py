@@ -16,6 +16,8 @@ from mercato.metrics.definitions import load_definitions, parse_definitions
 from mercato.metrics.kernel import (
     BUCKET_SECONDS,
     NONE_MEMBER,
+    OVERFLOW,
+    SUM_LIMIT,
     merge,
     rollup,
     sketch_estimate,
@@ -263,3 +265,29 @@ def test_values_in_both_record_forms_decode_the_same():
     b = rollup(builder.batch([as_object]), DEFINITIONS)
     assert exact(a) == exact(b)
     assert a.num_rows > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_sums_are_exact_or_overflow_never_wrapped(data):
+    big = 2**53 - 1
+    amounts = data.draw(
+        st.lists(st.sampled_from([big, big - 1, 1, 2**52]), min_size=1, max_size=3000)
+    )
+    events = [
+        NormalizedEvent(
+            event_id=f"e{i}", merchant_id="m_1", type="order_completed", event_time=T0,
+            received_at=T0, properties={"amount": amount},
+        )
+        for i, amount in enumerate(amounts)
+    ]  # fmt: skip
+    cut = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=4)))
+    pieces = [events[a:b] for a, b in zip([0, *cut], [*cut, len(events)], strict=True)]
+    merged = merge([rollup(batch(piece), DEFINITIONS) for piece in pieces if piece])
+    [gross] = [
+        r["sum"]
+        for r in merged.to_pylist()
+        if r["metric"] == "gross_revenue" and r["dimension"] == ""
+    ]
+    exact = sum(amounts)
+    assert gross == (exact if exact <= SUM_LIMIT else OVERFLOW)

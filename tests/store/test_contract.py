@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from mercato.metrics.kernel import PARTIAL_SCHEMA, sketch_estimate, sketch_quantile
+from mercato.metrics.kernel import (
+    OVERFLOW,
+    PARTIAL_SCHEMA,
+    SUM_LIMIT,
+    sketch_estimate,
+    sketch_quantile,
+)
 from mercato.store.base import Store
 from mercato.store.errors import (
     InvalidPartialsError,
@@ -79,6 +85,33 @@ def test_two_writes_to_one_key_add_up_and_take_extremes(store_factory: StoreFact
     store.write(v, "agg", partials(row(count=3, sum=-40, min=-7, max=20)), {0: 2})
     store.write(v, "agg", partials(row(count=1, sum=1, min=0, max=90)), {0: 3})
     assert read_rows(store, v, "m1", ["orders"]) == [row(count=6, sum=61, min=-7, max=90)]
+
+
+def test_sums_never_wrap_they_become_overflow_and_stay(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    near = SUM_LIMIT - 5
+    store.write(v, "agg", partials(row(count=1, sum=near), row(bucket=900, sum=-near)), {0: 1})
+    store.write(v, "agg", partials(row(count=1, sum=5), row(bucket=900, sum=-5)), {0: 2})
+    assert [r["sum"] for r in read_rows(store, v, "m1", ["orders"])] == [SUM_LIMIT, -SUM_LIMIT]
+    store.write(v, "agg", partials(row(count=1, sum=1), row(bucket=900, sum=-1)), {0: 3})
+    # one more and each left 64 bits: never a wrapped number, never a failed write
+    assert [r["sum"] for r in read_rows(store, v, "m1", ["orders"])] == [OVERFLOW, OVERFLOW]
+    store.write(v, "agg", partials(row(count=1, sum=-100), row(bucket=900, sum=None)), {0: 4})
+    rows = read_rows(store, v, "m1", ["orders"])
+    assert [(r["count"], r["sum"]) for r in rows] == [(4, OVERFLOW), (4, OVERFLOW)]
+    # totals over rows that overflowed, or whose total does, are OVERFLOW too, without an error
+    store.write_sealed_hour(
+        v,
+        3600,
+        partials(row(bucket=3600, sum=near), row(bucket=4500, sum=near), row(bucket=5400, sum=1)),
+        "fp",
+        3,
+    )
+    [hour] = store.layer_totals(v, 3600, 7200, period=3600)
+    assert hour.sum == OVERFLOW
+    [speed] = store.layer_totals(v, 0, 3600, period=3600, layer="speed")
+    assert speed.sum == OVERFLOW
 
 
 def test_rows_of_one_key_twice_in_one_write_both_count(store_factory: StoreFactory) -> None:
