@@ -218,7 +218,10 @@ def test_a_sum_beyond_64_bits_is_an_overflow_in_stream_batch_days_and_answers(
     store.close()
 
 
-def totals_of_sums(store: SqliteStore, version: int, merchant: str, final: bool) -> list[Any]:
+def totals_of_sums(
+    store: SqliteStore, version: int, merchant: str, final: bool
+) -> list[int | None]:
     through = EVERYTHING[1] if final else None
     rows = store.read(version, merchant, ["gross_revenue"], *EVERYTHING, "", through)
-    return rows.column("sum").to_pylist()
+    sums: list[int | None] = rows.column("sum").to_pylist()
+    return sums
