@@ -358,7 +358,7 @@ def query(args: argparse.Namespace, root: Path, definitions: Definitions, ch: Cl
     version = register(store, definitions)
     store.set_serving_version(version)
     tee = Tee(store)
-    rows = fill_rollups(tee, version, args.query_merchants, args.buckets)  # type: ignore[arg-type]
+    rows = fill_rollups(tee, version, args.query_merchants, args.buckets)
     store.close()
     tables = write_partials(ch, tee.tables, definitions)
     del tee
