@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import chdb
@@ -82,6 +82,7 @@ from mercato.metrics.kernel import (
 )
 from mercato.metrics.periods import local_midnight, periods
 from mercato.query.series import MerchantView, timeseries
+from mercato.store.base import RollupStore
 from mercato.store.sqlite import SqliteStore
 from mercato.store.versions import register
 
@@ -244,11 +245,11 @@ def seal_hours(
             started = time.perf_counter()
             # a start bound: the hours are sealed, but no sealed_through is set, so no
             # merchant's local days are derived
-            report = seal(
+            sealed = seal(
                 store, archive, definitions, engine, grace=timedelta(0), force=True, start=EPOCH
             )
             elapsed = time.perf_counter() - started
-        events = sum(h.events for h in report.sealed)
+        events = sum(h.events for h in sealed.sealed)
         results["mercato"].append(events / elapsed)
         started = time.perf_counter()
         rolled = engine.rollup(paths, definitions)
@@ -358,7 +359,8 @@ def query(args: argparse.Namespace, root: Path, definitions: Definitions, ch: Cl
     version = register(store, definitions)
     store.set_serving_version(version)
     tee = Tee(store)
-    rows = fill_rollups(tee, version, args.query_merchants, args.buckets)
+    # only write() is called on it: a rollup store to fill_rollups
+    rows = fill_rollups(cast(RollupStore, tee), version, args.query_merchants, args.buckets)
     store.close()
     tables = write_partials(ch, tee.tables, definitions)
     del tee
