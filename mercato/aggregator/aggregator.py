@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import compress
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -145,9 +144,9 @@ class Aggregator:
         if not entries:
             return 0
         events, partitions, invalid = self._decode(entries)
-        new, admitted = self._drop_duplicates(*_id_columns(events), partitions)
-        kept = list(compress(events, new))
-        partials = rollup(self._builder.build(kept), self.definitions)
+        batch = self._builder.build(events)
+        new, admitted = self._drop_duplicates(batch["merchant_id"], batch["event_id"], partitions)
+        partials = rollup(batch if new.all() else batch.filter(new), self.definitions)
         expect = {p: self._stored[p] for p in ends}
         try:
             self.store.write(self.version, self.consumer, partials, ends, expect)
@@ -164,7 +163,7 @@ class Aggregator:
         self.positions.update(ends)
         self._stored.update(ends)
         self.stats.batches += 1
-        self.stats.events += len(kept)
+        self.stats.events += int(np.count_nonzero(new))
         self.stats.invalid += invalid
         self.stats.partial_rows += partials.num_rows
         self.stats.dedup_ids = sum(len(w) for w in self.windows.values())
