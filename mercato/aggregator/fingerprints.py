@@ -11,9 +11,9 @@ The hash runs in numpy over the Arrow string column's offsets and data buffers: 
 XXH64 is one vectorized operation over every string at once (strings of different lengths
 take different branches through masks), so there is no Python per string. Why not a library
 (``bench/dedup_window.py`` measures all three on 50,000 events): the ``xxhash`` binding takes
-one bytes object per call, which is exactly the per-event loop this replaces (~1.3 times
-slower than this module even so); DuckDB's ``hash(merchant_id, event_id)`` over the Arrow
-table is ~1.5 times faster, but its algorithm is internal to DuckDB, has changed between
+one bytes object per call, which is exactly the per-event loop this replaces (about 1.5
+times slower than this module even so); DuckDB's ``hash(merchant_id, event_id)`` over the
+Arrow table is about twice as fast, but its algorithm is internal to DuckDB, has changed between
 DuckDB versions and is built for hash tables, not as a fingerprint whose collision rate the
 window's false-drop bound (:mod:`mercato.aggregator.dedup`) can rest on.
 """
