@@ -14,12 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
 
-from mercato.aggregator.dedup import DedupWindow, dedup_key
+from mercato.aggregator.dedup import DedupWindow
 from mercato.aggregator.errors import AggregatorError
+from mercato.aggregator.fingerprints import Hashes, Strings, event_fingerprints
 from mercato.log.base import Log, LogEntry
 from mercato.metrics.batch import BatchBuilder
 from mercato.metrics.definitions import Definitions
@@ -122,7 +127,7 @@ class Aggregator:
             if not entries:
                 break
             events, _, _ = self._decode(entries)
-            self.windows[partition].remember(dedup_key(e.merchant_id, e.event_id) for e in events)
+            self.windows[partition].remember(*_id_columns(events))
             offset = entries[-1].offset + 1
 
     def poll(self) -> int:
@@ -139,8 +144,9 @@ class Aggregator:
         if not entries:
             return 0
         events, partitions, invalid = self._decode(entries)
-        kept, admitted = self._drop_duplicates(events, partitions)
-        partials = rollup(self._builder.build(kept), self.definitions)
+        batch = self._builder.build(events)
+        new, admitted = self._drop_duplicates(batch["merchant_id"], batch["event_id"], partitions)
+        partials = rollup(batch if new.all() else batch.filter(new), self.definitions)
         expect = {p: self._stored[p] for p in ends}
         try:
             self.store.write(self.version, self.consumer, partials, ends, expect)
@@ -153,11 +159,11 @@ class Aggregator:
             self.stats.fenced += 1
             return 0
         for p, keys in admitted.items():  # the windows learn the batch once it counts
-            self.windows[p].remember(keys)
+            self.windows[p].remember_fingerprints(keys)
         self.positions.update(ends)
         self._stored.update(ends)
         self.stats.batches += 1
-        self.stats.events += len(kept)
+        self.stats.events += int(np.count_nonzero(new))
         self.stats.invalid += invalid
         self.stats.partial_rows += partials.num_rows
         self.stats.dedup_ids = sum(len(w) for w in self.windows.values())
@@ -192,24 +198,33 @@ class Aggregator:
         return events, partitions, invalid
 
     def _drop_duplicates(
-        self, events: list[Any], partitions: list[int]
-    ) -> tuple[list[Any], dict[int, list[str]]]:
-        """The events not seen before, and per partition the keys to remember once stored."""
-        positions: dict[int, list[int]] = {}
-        for i, partition in enumerate(partitions):
-            positions.setdefault(partition, []).append(i)
-        keep = [False] * len(events)
-        admitted: dict[int, list[str]] = {}
-        for partition, indexes in positions.items():
-            keys = [dedup_key(events[i].merchant_id, events[i].event_id) for i in indexes]
-            verdicts = self.windows[partition].check(keys)
-            admitted[partition] = [k for k, new in zip(keys, verdicts, strict=True) if new]
-            for i, new in zip(indexes, verdicts, strict=True):
-                keep[i] = new
-        kept = [event for event, new in zip(events, keep, strict=True) if new]
-        self.stats.duplicates += len(events) - len(kept)
-        return kept, admitted
+        self,
+        merchant_ids: Strings,
+        event_ids: Strings,
+        partitions: Sequence[int] | NDArray[np.integer[Any]],
+    ) -> tuple[NDArray[np.bool_], dict[int, Hashes]]:
+        """Which events were not seen before (a mask in batch order), and per partition the
+        fingerprints to remember once the batch is stored."""
+        keys = event_fingerprints(merchant_ids, event_ids)
+        of = np.asarray(partitions, dtype=np.int64)
+        new = np.zeros(len(keys), dtype=np.bool_)
+        admitted: dict[int, Hashes] = {}
+        for partition in np.unique(of).tolist():
+            where = np.flatnonzero(of == partition)
+            verdicts = self.windows[partition].check_fingerprints(keys[where])
+            new[where] = verdicts
+            admitted[partition] = keys[where[verdicts]]
+        self.stats.duplicates += len(new) - int(np.count_nonzero(new))
+        return new, admitted
 
     def lag(self) -> dict[int, int]:
         """Records per owned partition not yet counted."""
         return {p: self.log.end_offset(p) - self.positions[p] for p in self.partitions}
+
+
+def _id_columns(events: Sequence[Any]) -> tuple[Any, Any]:
+    """The merchant ids and event ids of decoded events, as Arrow string columns."""
+    return (
+        pa.array(list(map(attrgetter("merchant_id"), events)), type=pa.large_string()),
+        pa.array(list(map(attrgetter("event_id"), events)), type=pa.large_string()),
+    )
