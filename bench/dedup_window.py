@@ -125,7 +125,8 @@ def sets(window: SetWindow, batch: Batch) -> list[bool]:
 
 def duckdb_hash(connection: duckdb.DuckDBPyConnection, columns: Columns) -> np.ndarray:
     table = pa.table({"m": columns[0], "e": columns[1]})
-    return connection.from_arrow(table).project("hash(m, e) as h").fetchnumpy()["h"]
+    hashes: np.ndarray = connection.from_arrow(table).project("hash(m, e) as h").fetchnumpy()["h"]
+    return hashes
 
 
 def xxhash_per_event(batch: Batch) -> np.ndarray:
