@@ -15,9 +15,10 @@ What a dialect decides:
   one statement is a snapshot by itself and runs without a transaction. Where a write reads a
   row to decide what to write, the dialect locks it (``FOR UPDATE`` on PostgreSQL; SQLite's
   transaction holds the whole database's write lock already);
-* **bulk writes**: the rows of a write or of a seal go in as one dialect-level operation
-  (``merge``), which also unites sketches the backend's way; local-day rows the same
-  (``insert``);
+* **bulk writes**: the rows of a write go in as one dialect-level operation (``merge``),
+  which also unites sketches the backend's way. A seal's final rows and local-day rows
+  replace stored ones, so they need no merging: the old rows are deleted and the new ones
+  inserted in key order (``insert``), in one transaction;
 * **errors**: the driver's errors become the store's (:mod:`mercato.store.errors`). Any error
   inside :meth:`SqlStore.write` or :meth:`SqlStore.write_sealed_hour` is a
   :class:`StoreWriteError` (nothing of it landed); elsewhere a database that is away or a full
@@ -59,6 +60,7 @@ from mercato.store.base import (
     check_timezone,
     conform_day_partials,
     conform_partials,
+    in_key_order,
     metric_names,
 )
 from mercato.store.dialect import C, Db, Dialect, first_line
@@ -95,6 +97,8 @@ TAKE_LEASE = """
     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?
 """
+WHERE_HOUR_ROWS = " WHERE version = ? AND bucket >= ? AND bucket < ?"
+HOUR_ROWS = "FROM final_rollups" + WHERE_HOUR_ROWS
 RUN_COLUMNS = "id, job, params, attempt, status, started_at, finished_at, error, output"
 
 
@@ -361,27 +365,35 @@ class SqlStore(ABC, Generic[C]):
 
     def write_sealed_hour(
         self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
-    ) -> None:
+    ) -> list[str]:
         table = conform_partials(partials)
         end = hour + 3600
         if table.num_rows:
             low, high = pc.min(table["bucket"]).as_py(), pc.max(table["bucket"]).as_py()
             if low < hour or high >= end:
                 raise InvalidPartialsError(f"partials of hour {hour} have buckets outside it")
+        try:
+            table = in_key_order(table)
+        except Exception as exc:  # a repeated key's sketch that is not one
+            cause = f"partials do not merge: {first_line(exc)}"
+            raise StoreWriteError(f"seal of hour {hour} was rolled back: {cause}") from exc
+        after = set(pc.unique(table["merchant_id"]).to_pylist())
+        hour_rows = (version, hour, end)
         with self._db() as db, self._rolled_back(f"seal of hour {hour}"):
-            table = self._dialect.prepare(db.raw, table)
+            self._dialect.make_room(db.raw, table)
             with self._transaction(db, self._dialect.begin_write):
                 _check_version(db, version)
                 # Seals of one hour take turns: under READ COMMITTED a second seal's DELETE
-                # would not see the first's new rows, and its upsert would then add to them
-                # (the hour counted twice). Once it has its turn, its DELETE sees them.
+                # would not see the first's new rows, and its insert would then add to them
+                # (the hour counted twice, or a key conflict). Once it has its turn, its
+                # DELETE sees them.
                 self._dialect.take_turns(db.raw, f"seal/{version}", [hour // 3600 % 2**31])
-                db.execute(
-                    "DELETE FROM final_rollups WHERE version = ? AND bucket >= ? AND bucket < ?",
-                    (version, hour, end),
-                )
-                self._dialect.merge(db.raw, FINAL, version, table)
+                before = db.rows(f"SELECT DISTINCT merchant_id {HOUR_ROWS}", hour_rows)
+                db.execute(f"DELETE {HOUR_ROWS}", hour_rows)
+                # the hour holds no final row now: a plain insert in key order, no upsert
+                self._dialect.insert(db.raw, FINAL, f"version, {COLUMNS}", rows_of(version, table))
                 db.execute(SEAL, (version, hour, fingerprint, events, now_ms()))
+        return sorted(after.union(str(m) for (m,) in before))
 
     def sealed_hours(self, version: int) -> dict[int, SealedHour]:
         with self._db() as db:
@@ -394,14 +406,21 @@ class SqlStore(ABC, Generic[C]):
             for hour, fingerprint, events, ms in rows
         }
 
-    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
+    def final_merchants(
+        self, version: int, start: int, end: int, timezone: str | None = None
+    ) -> list[str]:
+        rows = "SELECT DISTINCT merchant_id FROM final_rollups" + WHERE_HOUR_ROWS
         with self._db() as db:
-            rows = db.rows(
-                "SELECT DISTINCT merchant_id FROM final_rollups"
-                " WHERE version = ? AND bucket >= ? AND bucket < ? ORDER BY merchant_id",
-                (version, start, end),
-            )
-        return [str(m) for (m,) in rows]
+            if timezone is None:
+                found = db.rows(f"{rows} ORDER BY merchant_id", (version, start, end))
+            else:  # the merchants with rows first: far fewer than their rows
+                found = db.rows(
+                    f"SELECT f.merchant_id FROM ({rows}) AS f LEFT JOIN merchants AS m"
+                    " ON m.merchant_id = f.merchant_id"
+                    " WHERE coalesce(m.timezone, 'UTC') = ? ORDER BY f.merchant_id",
+                    (version, start, end, timezone),
+                )
+        return [str(m) for (m,) in found]
 
     def layer_totals(
         self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
@@ -490,6 +509,28 @@ class SqlStore(ABC, Generic[C]):
                 (version,),
             )
         return [str(name).split("/", 1)[1] for (name,) in rows]
+
+    def merchant_timezones(self, merchant_ids: Sequence[str]) -> dict[str, str]:
+        zones: dict[str, str] = {}
+        with self._db() as db:
+            for at in range(0, len(merchant_ids), 500):  # within any SQLite's variables
+                chunk = merchant_ids[at : at + 500]
+                merchant, values = self._dialect.any_of("merchant_id", chunk)
+                zones.update(
+                    db.rows(
+                        f"SELECT merchant_id, timezone FROM merchants WHERE {merchant}"
+                        " AND timezone IS NOT NULL",
+                        values,
+                    )
+                )
+        return zones
+
+    def timezones_in_use(self) -> list[str]:
+        with self._db() as db:
+            rows = db.rows(
+                "SELECT DISTINCT timezone FROM merchants WHERE timezone IS NOT NULL ORDER BY 1"
+            )
+        return [str(zone) for (zone,) in rows]
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         check_timezone(timezone)
