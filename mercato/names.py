@@ -9,6 +9,9 @@ from __future__ import annotations
 
 SEALED_THROUGH = "sealed_through"
 """Watermark of a version: epoch seconds before which every bucket is final (the seal's)."""
+DAYS_DERIVED_THROUGH = "days_derived_through"
+"""Watermark of a version: the ``sealed_through`` up to which the local days that completed
+have been derived (:mod:`mercato.batch.days`)."""
 DRIFT_PPM = "drift_ppm"
 """Watermark: speed vs final difference of recently sealed hours, in parts per million."""
 DRIFT_CHECKED_AT = "drift_checked_at"
