@@ -34,3 +34,9 @@ def aggregator_consumer(definitions_hash: str) -> str:
 def days_watermark(merchant_id: str) -> str:
     """The watermark name of how far a merchant's local-day rows are derived."""
     return f"days_through/{merchant_id}"
+
+
+def stale_days_watermark(merchant_id: str) -> str:
+    """The watermark name of the first hour whose final rows a seal changed under the
+    merchant's derived local days (they are derived again, and it goes)."""
+    return f"days_stale/{merchant_id}"

@@ -12,11 +12,14 @@ changed (watermark 0) has every day derived again.
 After a seal, days are derived where something changed, and nowhere else:
 
 * the merchants whose final rows the seal replaced (rows in a sealed hour before or after it,
-  so a merchant whose rows a re-seal removed too): the complete days those hours touch;
+  so a merchant whose rows a re-seal removed too): the complete days those hours touch. Where
+  the merchant's days were derived already, the store records the change in the seal's
+  transaction (:meth:`~mercato.store.base.DayStore.stale_days`) until the days are replaced,
+  so a seal that stopped half way leaves them to the next one;
 * when ``sealed_through`` passed local midnights of a zone, the merchants of that zone with
   final rows in the days that just completed. How far this is done is the version's
-  :data:`~mercato.names.DAYS_DERIVED_THROUGH` watermark, moved only once they are derived, so
-  a seal that stopped half way leaves them to the next one; a version's first derivation (a
+  :data:`~mercato.names.DAYS_DERIVED_THROUGH` watermark, moved only once they are derived
+  (for the same reason); a version's first derivation (a
   seal's first ``sealed_through``, a promote after a range reprocess) starts from 0, every
   complete day of every merchant.
 
@@ -87,6 +90,12 @@ def derive_days(
         touched = sorted(hours)
         if touched:
             spans[merchant] = Span(touched[0], touched[-1] + HOUR - 1)
+    # the changes a seal that stopped before deriving them left (this one's are there too)
+    for merchant, hour in store.stale_days(version).items():
+        if merchant in spans:
+            spans[merchant].widen(hour, hour + HOUR - 1)
+        else:
+            spans[merchant] = Span(hour, hour + HOUR - 1)
     zones = store.merchant_timezones(sorted(spans))
     # a changed hour matters now if a day it touches is complete: it is before the zone's
     # last midnight at or before sealed_through (else that day completes at a later seal)
@@ -142,7 +151,9 @@ def _derive_merchant(
         first = store.read(version, merchant, names, 0, sealed_through, TOTAL, sealed_through)
         if first.num_rows == 0:  # no day before the one sealed_through is in holds anything
             through = _last_midnight(sealed_through, zone)
-            store.replace_days(version, merchant, 0, 0, empty_partials(), max(current, through))
+            store.replace_days(
+                version, merchant, 0, through, empty_partials(), max(current, through)
+            )
             return 0
         start_day = _local_date(min(first["bucket"].to_pylist()), zone)
         end_day = _local_date(sealed_through - 1, zone)

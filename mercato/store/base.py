@@ -260,7 +260,9 @@ class BatchStore(Protocol):
         sorted.
 
         Rows of one key may appear several times in ``partials``; all of them count. Seals of
-        one hour take turns: the last one's rows stand, never the sum of two. Raises
+        one hour take turns: the last one's rows stand, never the sum of two. The merchants
+        whose derived local days cover the hour are recorded as :meth:`DayStore.stale_days`
+        in the same transaction. Raises
         :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the hour, and
         what :meth:`write` raises otherwise.
         """
@@ -311,7 +313,7 @@ class DayStore(Protocol):
     ) -> None:
         """Replace one merchant's local-day rows with ``day`` in ``[start, end)`` by
         ``partials`` (their ``bucket`` column holds the day), and move its ``days_through``
-        watermark, in one transaction."""
+        watermark, in one transaction; a :meth:`stale_days` hour in the range is forgotten."""
         ...
 
     def read_days(
@@ -329,6 +331,13 @@ class DayStore(Protocol):
 
     def days_to_rederive(self, version: int) -> list[str]:
         """Merchants whose local days must all be derived again (their zone changed)."""
+        ...
+
+    def stale_days(self, version: int) -> dict[str, int]:
+        """Merchants whose final rows a seal changed under their derived local days, with the
+        first hour it changed them in: :meth:`BatchStore.write_sealed_hour` records them in
+        its transaction, :meth:`replace_days` forgets a merchant's once it replaces the days
+        from that hour's day on."""
         ...
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:

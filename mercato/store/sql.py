@@ -48,7 +48,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import PARTIAL_SCHEMA, empty_partials
-from mercato.names import REGISTERED, RUNNING, aggregator_consumer, days_watermark
+from mercato.names import (
+    REGISTERED,
+    RUNNING,
+    aggregator_consumer,
+    days_watermark,
+    stale_days_watermark,
+)
 from mercato.store.base import (
     DefinitionVersion,
     JobRun,
@@ -99,6 +105,11 @@ TAKE_LEASE = """
 """
 WHERE_HOUR_ROWS = " WHERE version = ? AND bucket >= ? AND bucket < ?"
 HOUR_ROWS = "FROM final_rollups" + WHERE_HOUR_ROWS
+MARK_STALE = """
+    INSERT INTO watermarks (name, version, value) VALUES (?, ?, ?)
+    ON CONFLICT (name, version) DO UPDATE SET value = excluded.value
+    WHERE excluded.value < watermarks.value
+"""
 RUN_COLUMNS = "id, job, params, attempt, status, started_at, finished_at, error, output"
 
 
@@ -393,7 +404,9 @@ class SqlStore(ABC, Generic[C]):
                 # the hour holds no final row now: a plain insert in key order, no upsert
                 self._dialect.insert(db.raw, FINAL, f"version, {COLUMNS}", rows_of(version, table))
                 db.execute(SEAL, (version, hour, fingerprint, events, now_ms()))
-        return sorted(after.union(str(m) for (m,) in before))
+                replaced = sorted(after.union(str(m) for (m,) in before))
+                _mark_stale_days(db, version, hour, replaced)
+        return replaced
 
     def sealed_hours(self, version: int) -> dict[int, SealedHour]:
         with self._db() as db:
@@ -478,6 +491,11 @@ class SqlStore(ABC, Generic[C]):
             self._dialect.insert(db.raw, DAILY, f"version, {DAY_COLUMNS}", rows_of(version, table))
             if days_through is not None:
                 db.execute(SET_WATERMARK, (days_watermark(merchant_id), version, days_through))
+            db.execute(  # the days a seal changed under are derived again now
+                "DELETE FROM watermarks"
+                " WHERE name = ? AND version = ? AND value >= ? AND value < ?",
+                (stale_days_watermark(merchant_id), version, start, end),
+            )
 
     def read_days(
         self,
@@ -509,6 +527,14 @@ class SqlStore(ABC, Generic[C]):
                 (version,),
             )
         return [str(name).split("/", 1)[1] for (name,) in rows]
+
+    def stale_days(self, version: int) -> dict[str, int]:
+        with self._db() as db:
+            rows = db.rows(
+                "SELECT name, value FROM watermarks WHERE version = ? AND name LIKE 'days_stale/%'",
+                (version,),
+            )
+        return {str(name).split("/", 1)[1]: int(value) for name, value in rows}
 
     def merchant_timezones(self, merchant_ids: Sequence[str]) -> dict[str, str]:
         zones: dict[str, str] = {}
@@ -650,6 +676,25 @@ class SqlStore(ABC, Generic[C]):
         except self._dialect.error as exc:
             cause = self._dialect.cause(exc)
             raise StoreWriteError(f"{what} was rolled back: {first_line(cause)}") from cause
+
+
+def _mark_stale_days(db: Db[Any], version: int, hour: int, merchants: list[str]) -> None:
+    """Record that the final rows of ``merchants`` changed in ``hour``, for those whose
+    derived local days cover it: their days are derived again even if the seal stops before
+    (see :meth:`SqlStore.stale_days`)."""
+    covered = []
+    for at in range(0, len(merchants), 500):  # within any SQLite's variables
+        names, values = db.dialect.any_of(
+            "name", [days_watermark(m) for m in merchants[at : at + 500]]
+        )
+        covered += db.rows(
+            f"SELECT name FROM watermarks WHERE version = ? AND {names} AND value > ?",
+            (version, *values, hour),
+        )
+    db.many(
+        MARK_STALE,
+        [(stale_days_watermark(name.split("/", 1)[1]), version, hour) for (name,) in covered],
+    )
 
 
 def _check_version(db: Db[Any], version: int) -> None:

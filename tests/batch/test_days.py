@@ -300,3 +300,24 @@ def test_days_a_seal_left_underived_are_derived_by_the_next_seal(tmp_path: Path)
     assert again.days == 1
     assert day_orders(store, first.version, "m_x", D - timedelta(days=1)) == 4
     engine.close()
+
+
+def test_days_a_reseal_made_stale_are_derived_by_the_next_seal(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=2)
+    log.append([order("m_a", D + timedelta(hours=9), n) for n in range(3)])
+    run_archiver(log, tmp_path / "archive")
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    engine = DuckDbEngine()
+    version = seal(store, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0)).version
+    assert day_orders(store, version, "m_a", D) == 3
+    log.append([order("m_a", D + timedelta(hours=9, minutes=30), 9)])  # late, in a derived day
+    run_archiver(log, tmp_path / "archive")
+    failing = Recorder(store, fail="replace_days")
+    with pytest.raises(StoreUnavailableError):  # sealed, then stopped before deriving
+        seal(failing, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0))  # type: ignore[arg-type]
+    assert day_orders(store, version, "m_a", D) == 3
+    again = seal(store, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0))
+    assert again.sealed == []
+    assert day_orders(store, version, "m_a", D) == 4
+    assert store.stale_days(version) == {}
+    engine.close()

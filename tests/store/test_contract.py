@@ -497,6 +497,28 @@ def test_local_days_replace_read_and_go_with_a_timezone_change(
     assert store.days_to_rederive(v) == ["m1"]
 
 
+def test_a_seal_under_derived_days_marks_them_stale_until_they_are_replaced(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    day = 86_400
+    store.replace_days(v, "m1", 0, day, partials(row("m1", bucket=0)), days_through=day)
+    store.replace_days(v, "m2", 0, day, partials(row("m2", bucket=0)), days_through=day)
+    store.write_sealed_hour(v, 2 * 3600, partials(row("m1", bucket=2 * 3600)), "a", 1)
+    store.write_sealed_hour(v, 5 * 3600, partials(row("m1", bucket=5 * 3600)), "b", 1)
+    store.write_sealed_hour(v, day, partials(row("m2", bucket=day), row("m3", bucket=day)), "c", 2)
+    # m1's days cover its hours (the first one stands); m2's and m3's do not cover theirs
+    assert store.stale_days(v) == {"m1": 2 * 3600}
+    assert store.stale_days(v + 1) == {}
+    store.replace_days(v, "m1", 3 * 3600, day, partials())  # not from that hour's day on
+    assert store.stale_days(v) == {"m1": 2 * 3600}
+    store.replace_days(v, "m1", 0, day, partials(row("m1", bucket=0, count=2)))
+    assert store.stale_days(v) == {}
+    store.write_sealed_hour(v, 5 * 3600, partials(), "d", 0)  # m1's rows go: stale all the same
+    assert store.stale_days(v) == {"m1": 5 * 3600}
+
+
 def test_reads_by_day_take_days_then_final_then_speed_rows(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
