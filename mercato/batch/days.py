@@ -109,19 +109,21 @@ def derive_days(
     mark = store.watermark(DAYS_DERIVED_THROUGH, version)
     since = (previous_through or 0) if mark is None else mark
     if sealed_through > since:  # days that completed since: every merchant with rows in them
-        for zone in sorted({UTC_ZONE, *store.timezones_in_use()}):
-            tz = ZoneInfo(zone)
-            end = _last_midnight(sealed_through, tz)
-            if end <= since:  # no midnight of the zone passed
-                continue
-            begin = _last_midnight(since, tz)
-            first = None if since == 0 else begin  # a first derivation: every day
-            for merchant in store.final_merchants(version, begin, end, zone):
-                zones[merchant] = zone
+        completed = _completed_days(store.timezones_in_use(), since, sealed_through)
+        if completed:  # one read across the zones (whose windows differ by hours at most)
+            low = min(begin for begin, _ in completed.values())
+            high = max(end for _, end in completed.values())
+            found = store.final_merchants(version, low, high, sorted(completed))
+            zones.update(store.merchant_timezones([m for m in found if m not in spans]))
+            for merchant in found:
+                window = completed.get(zones.get(merchant, UTC_ZONE))
+                if window is None:  # its zone changed since: days_to_rederive has it
+                    continue
+                first = None if since == 0 else window[0]  # a first derivation: every day
                 if merchant in spans:
-                    spans[merchant].widen(first, end - 1)
+                    spans[merchant].widen(first, window[1] - 1)
                 else:
-                    spans[merchant] = Span(first, end - 1)
+                    spans[merchant] = Span(first, window[1] - 1)
     for merchant in store.days_to_rederive(version):
         spans[merchant] = Span(None, sealed_through - 1)  # every day, from the beginning
         zones[merchant] = store.merchant_timezone(merchant) or UTC_ZONE
@@ -183,6 +185,18 @@ def _derive_merchant(
     merged = merge([rows]) if rows.num_rows else empty_partials()
     store.replace_days(version, merchant, start, end, merged, max(current, end))
     return len(starts)
+
+
+def _completed_days(in_use: Iterable[str], since: int, until: int) -> dict[str, tuple[int, int]]:
+    """Per zone (UTC and ``in_use``) where a local midnight is in ``(since, until]``: the span
+    of the days that ended there, ``[begin, end)``."""
+    completed = {}
+    for zone in {UTC_ZONE, *in_use}:
+        tz = ZoneInfo(zone)
+        end = _last_midnight(until, tz)
+        if end > since:
+            completed[zone] = (_last_midnight(since, tz) if since else 0, end)
+    return completed
 
 
 def _local_date(epoch: int, zone: ZoneInfo) -> date:

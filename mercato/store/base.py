@@ -273,10 +273,10 @@ class BatchStore(Protocol):
         ...
 
     def final_merchants(
-        self, version: int, start: int, end: int, timezone: str | None = None
+        self, version: int, start: int, end: int, timezones: Sequence[str] | None = None
     ) -> list[str]:
-        """The merchants with final rows in ``[start, end)``, sorted; only those in
-        ``timezone`` if given (a merchant without one is in UTC). The batch layer's read
+        """The merchants with final rows in ``[start, end)``, sorted; only those in one of
+        ``timezones`` if given (a merchant without one is in UTC). The batch layer's read
         across merchants, for deriving local days."""
         ...
 

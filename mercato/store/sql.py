@@ -420,18 +420,18 @@ class SqlStore(ABC, Generic[C]):
         }
 
     def final_merchants(
-        self, version: int, start: int, end: int, timezone: str | None = None
+        self, version: int, start: int, end: int, timezones: Sequence[str] | None = None
     ) -> list[str]:
         rows = "SELECT DISTINCT merchant_id FROM final_rollups" + WHERE_HOUR_ROWS
         with self._db() as db:
-            if timezone is None:
+            if timezones is None:
                 found = db.rows(f"{rows} ORDER BY merchant_id", (version, start, end))
             else:  # the merchants with rows first: far fewer than their rows
+                zone, values = self._dialect.any_of("coalesce(m.timezone, 'UTC')", timezones)
                 found = db.rows(
                     f"SELECT f.merchant_id FROM ({rows}) AS f LEFT JOIN merchants AS m"
-                    " ON m.merchant_id = f.merchant_id"
-                    " WHERE coalesce(m.timezone, 'UTC') = ? ORDER BY f.merchant_id",
-                    (version, start, end, timezone),
+                    f" ON m.merchant_id = f.merchant_id WHERE {zone} ORDER BY f.merchant_id",
+                    (version, start, end, *values),
                 )
         return [str(m) for (m,) in found]
 

@@ -321,3 +321,20 @@ def test_days_a_reseal_made_stale_are_derived_by_the_next_seal(tmp_path: Path) -
     assert day_orders(store, version, "m_a", D) == 4
     assert store.stale_days(version) == {}
     engine.close()
+
+
+def test_a_midnight_derives_the_days_of_its_zone_only(tmp_path: Path) -> None:
+    morning = D - timedelta(hours=14)  # 10:00 UTC: Kolkata's day ends at 18:30, UTC's at 24:00
+    archive = archived(tmp_path, [order(m, morning, n) for m in ("m_in", "m_utc") for n in (1, 2)])
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    store.set_merchant_timezone("m_in", "Asia/Kolkata")
+    engine = DuckDbEngine()
+    first = seal(store, archive, DEFINITIONS, engine, grace=until(archive, D - timedelta(hours=1)))
+    assert first.days == 1  # Kolkata's
+    recorder = Recorder(store)
+    second = seal(recorder, archive, DEFINITIONS, engine, grace=until(archive, D))  # type: ignore[arg-type]
+    assert second.sealed == []
+    assert second.days == 1  # UTC's, now complete
+    assert day_orders(store, first.version, "m_utc", D - timedelta(days=1)) == 2
+    assert recorder.naming("m_in") == []
+    engine.close()

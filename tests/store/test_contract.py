@@ -550,10 +550,11 @@ def test_merchants_with_final_rows_in_a_range(store_factory: StoreFactory) -> No
     store.set_merchant_timezone("m2", "Asia/Kolkata")
     store.set_merchant_timezone("m3", "UTC")
     store.set_merchant_timezone("m9", "Asia/Kolkata")  # no final rows
-    assert store.final_merchants(v, 0, 7200, "UTC") == ["m1", "m3"]
-    assert store.final_merchants(v, 0, 7200, "Asia/Kolkata") == ["m2"]
-    assert store.final_merchants(v, 3600, 7200, "Asia/Kolkata") == []
-    assert store.final_merchants(v, 0, 7200, "America/New_York") == []
+    assert store.final_merchants(v, 0, 7200, ["UTC"]) == ["m1", "m3"]
+    assert store.final_merchants(v, 0, 7200, ["Asia/Kolkata"]) == ["m2"]
+    assert store.final_merchants(v, 0, 7200, ["Asia/Kolkata", "UTC"]) == ["m1", "m2", "m3"]
+    assert store.final_merchants(v, 3600, 7200, ["Asia/Kolkata"]) == []
+    assert store.final_merchants(v, 0, 7200, ["America/New_York"]) == []
 
 
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
