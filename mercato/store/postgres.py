@@ -184,14 +184,14 @@ class PostgresDialect(Dialect[Connection]):
 
     def make_room(self, db: Connection, partials: pa.Table) -> None:
         """Make sure the monthly partitions of ``partials``' buckets exist."""
-        table = partials
-        if not table.num_rows:
+        if not partials.num_rows:
             return
-        low, high = pc.min(table["bucket"]).as_py(), pc.max(table["bucket"]).as_py()
+        buckets = partials["bucket"]
+        low, high = pc.min(buckets).as_py(), pc.max(buckets).as_py()
         if month_of(low) == month_of(high):
             months = {month_of(low)}
         else:
-            months = {month_of(b) for b in pc.unique(table["bucket"]).to_pylist()}
+            months = {month_of(b) for b in pc.unique(buckets).to_pylist()}
         with self._months_lock:
             missing = months - self._months
         if missing:
