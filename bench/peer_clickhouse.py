@@ -65,6 +65,7 @@ from seal_throughput import build_archive, timed_seal
 from workloads import fill
 
 from mercato.aggregator.aggregator import Aggregator
+from mercato.archive.layout import open_storage, read_state
 from mercato.archive.reader import committed_paths
 from mercato.batch.engine import open_engine
 from mercato.batch.seal import seal
@@ -230,8 +231,12 @@ def parquet_files(paths: Sequence[str]) -> str:
 def seal_hours(
     args: argparse.Namespace, root: Path, definitions: Definitions, ch: ClickHouse
 ) -> Any:
-    build_archive(root, args.seal_events, args.merchants, args.hours)
+    # whole UTC hours that ended at least an hour ago, as bench/seal_throughput.py builds them
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    build_archive(root, args.seal_events, args.merchants, end - timedelta(hours=args.hours), end)
     archive = root / "archive"
+    watermark = read_state(open_storage(archive)).watermark()
+    assert watermark is not None
     paths = committed_paths(archive)
     files = parquet_files(paths)
     engine = open_engine("duckdb")
@@ -256,7 +261,9 @@ def seal_hours(
         results["mercato_engine_only"].append(rolled.events / (time.perf_counter() - started))
         rows = rolled.rows
         if args.full_seal:
-            results["mercato_full_seal"].append(timed_seal(root, "full", engine, run)[0])
+            with SqliteStore(root / f"full-{run}.sqlite3", StoreConfig()) as store:
+                full = timed_seal(store, archive, engine, watermark - end, force=True)
+            results["mercato_full_seal"].append(full["events_per_s"])
         ch.fresh(schema(definitions, source=""))
         started = time.perf_counter()
         for metric in definitions.stored:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 SEALED_THROUGH = "sealed_through"
 """Watermark of a version: epoch seconds before which every bucket is final (the seal's)."""
+DAYS_DERIVED_THROUGH = "days_derived_through"
+"""Watermark of a version: the ``sealed_through`` up to which the local days that completed
+have been derived (:mod:`mercato.batch.days`)."""
 DRIFT_PPM = "drift_ppm"
 """Watermark: speed vs final difference of recently sealed hours, in parts per million."""
 DRIFT_CHECKED_AT = "drift_checked_at"
@@ -31,3 +34,9 @@ def aggregator_consumer(definitions_hash: str) -> str:
 def days_watermark(merchant_id: str) -> str:
     """The watermark name of how far a merchant's local-day rows are derived."""
     return f"days_through/{merchant_id}"
+
+
+def stale_days_watermark(merchant_id: str) -> str:
+    """The watermark name of the first hour whose final rows a seal changed under the
+    merchant's derived local days (they are derived again, and it goes)."""
+    return f"days_stale/{merchant_id}"

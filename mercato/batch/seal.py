@@ -36,7 +36,7 @@ from mercato.archive.layout import (
 from mercato.batch.days import BatchLayerStore, derive_days
 from mercato.batch.engine import Engine
 from mercato.metrics.definitions import Definitions
-from mercato.names import SEALED_THROUGH
+from mercato.names import DAYS_DERIVED_THROUGH, SEALED_THROUGH
 
 logger = logging.getLogger("mercato.batch")
 
@@ -108,6 +108,7 @@ def seal(
         and (start is None or h >= start)
         and (end is None or h < end)
     ]
+    changed: dict[str, list[int]] = {}  # merchants whose final rows changed: in which hours
     for i, hour in enumerate(hours):
         files = committed_files(storage, [hour])
         mark = fingerprint(files)
@@ -119,7 +120,9 @@ def seal(
             began = time.perf_counter()
             paths = [storage.path(f.path) for f in files]
             result = engine.rollup(paths, definitions, storage.fs)
-            store.write_sealed_hour(version, epoch, result.partials, mark, result.events)
+            replaced = store.write_sealed_hour(version, epoch, result.partials, mark, result.events)
+            for merchant in replaced:
+                changed.setdefault(merchant, []).append(epoch)
             done = HourSeal(
                 hour,
                 result.events,
@@ -143,10 +146,11 @@ def seal(
     through = limit.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     current = store.watermark(SEALED_THROUGH, version)
     if start is None and end is None and (current is None or int(through.timestamp()) > current):
+        if current is None:  # every complete day to derive, even if this seal stops half way
+            store.set_watermark(DAYS_DERIVED_THROUGH, version, 0)
         store.set_watermark(SEALED_THROUGH, version, int(through.timestamp()))
     value = store.watermark(SEALED_THROUGH, version)
     report.sealed_through = None if value is None else datetime.fromtimestamp(value, UTC)
     if value is not None:
-        sealed_now = [int(h.hour.timestamp()) for h in report.sealed]
-        report.days = derive_days(store, version, definitions, sealed_now, value, current)
+        report.days = derive_days(store, version, definitions, changed, value, current)
     return report

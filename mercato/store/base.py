@@ -42,7 +42,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA, sort_partials
+from mercato.metrics.kernel import BUCKET_SECONDS, KEY, PARTIAL_SCHEMA, merge, sort_partials
 from mercato.names import REGISTERED
 from mercato.store.errors import (
     InvalidPartialsError,
@@ -253,12 +253,18 @@ class BatchStore(Protocol):
 
     def write_sealed_hour(
         self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
-    ) -> None:
+    ) -> list[str]:
         """Replace the final rows of ``version`` in the UTC hour starting at ``hour`` (epoch
-        seconds) with ``partials`` and record the seal, in one transaction.
+        seconds) with ``partials`` and record the seal, in one transaction; return the
+        merchants whose final rows it replaced (with rows in the hour before or after it),
+        sorted.
 
-        Raises :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the
-        hour, and what :meth:`write` raises otherwise.
+        Rows of one key may appear several times in ``partials``; all of them count. Seals of
+        one hour take turns: the last one's rows stand, never the sum of two. The merchants
+        whose derived local days cover the hour are recorded as :meth:`DayStore.stale_days`
+        in the same transaction. Raises
+        :class:`~mercato.store.errors.InvalidPartialsError` for a bucket outside the hour, and
+        what :meth:`write` raises otherwise.
         """
         ...
 
@@ -266,9 +272,12 @@ class BatchStore(Protocol):
         """The hours of ``version`` sealed so far, by hour start."""
         ...
 
-    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
-        """The merchants with final rows in ``[start, end)`` (the batch layer's read across
-        merchants, for deriving local days)."""
+    def final_merchants(
+        self, version: int, start: int, end: int, timezones: Sequence[str] | None = None
+    ) -> list[str]:
+        """The merchants with final rows in ``[start, end)``, sorted; only those in one of
+        ``timezones`` if given (a merchant without one is in UTC). The batch layer's read
+        across merchants, for deriving local days."""
         ...
 
     def layer_totals(
@@ -304,7 +313,7 @@ class DayStore(Protocol):
     ) -> None:
         """Replace one merchant's local-day rows with ``day`` in ``[start, end)`` by
         ``partials`` (their ``bucket`` column holds the day), and move its ``days_through``
-        watermark, in one transaction."""
+        watermark, in one transaction; a :meth:`stale_days` hour in the range is forgotten."""
         ...
 
     def read_days(
@@ -324,6 +333,13 @@ class DayStore(Protocol):
         """Merchants whose local days must all be derived again (their zone changed)."""
         ...
 
+    def stale_days(self, version: int) -> dict[str, int]:
+        """Merchants whose final rows a seal changed under their derived local days, with the
+        first hour it changed them in: :meth:`BatchStore.write_sealed_hour` records them in
+        its transaction, :meth:`replace_days` forgets a merchant's once it replaces the days
+        from that hour's day on."""
+        ...
+
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         """Record the merchant's IANA time zone; a change drops its local-day rows and sets
         their watermark to 0 (:meth:`days_to_rederive`: derived again in the new zone).
@@ -334,6 +350,15 @@ class DayStore(Protocol):
 
     def merchant_timezone(self, merchant_id: str) -> str | None:
         """The merchant's time zone, or None when none was set."""
+        ...
+
+    def merchant_timezones(self, merchant_ids: Sequence[str]) -> dict[str, str]:
+        """The time zones of those of ``merchant_ids`` that have one, in a few reads."""
+        ...
+
+    def timezones_in_use(self) -> list[str]:
+        """Every time zone a merchant is set to, sorted (merchants without one are in
+        UTC)."""
         ...
 
 
@@ -433,6 +458,22 @@ def conform_partials(partials: pa.Table) -> pa.Table:
     on_grid = pc.equal(pc.multiply(pc.divide(bucket, BUCKET_SECONDS), BUCKET_SECONDS), bucket)
     if table.num_rows and not pc.all(on_grid).as_py():
         raise InvalidPartialsError(f"partials have a bucket off the {BUCKET_SECONDS} s grid")
+    return table
+
+
+def in_key_order(partials: pa.Table) -> pa.Table:
+    """``partials`` (as :func:`conform_partials` made them) sorted in key order with one row
+    per key: the rows of a key given more than once are merged, as a write would add them."""
+    table = sort_partials(partials)
+    if table.num_rows < 2:
+        return table
+    repeated = None
+    for name in KEY:
+        column = table[name]
+        same = pc.equal(column.slice(1), column.slice(0, table.num_rows - 1))
+        repeated = same if repeated is None else pc.and_(repeated, same)
+    if pc.any(repeated).as_py():
+        table = sort_partials(merge([table]))
     return table
 
 

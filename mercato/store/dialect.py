@@ -89,6 +89,10 @@ class Dialect(ABC, Generic[C]):
         """``partials`` ready for :meth:`merge`, before the write transaction begins."""
         return partials
 
+    def make_room(self, db: C, partials: pa.Table) -> None:
+        """Before a write transaction: create what the rollups need to hold ``partials``'
+        buckets (nothing to do where a table holds any bucket)."""
+
     def take_turns(self, db: C, name: str, numbers: list[int]) -> None:
         """Make the write transactions that name any of ``numbers`` (in order) under ``name``
         take turns until they end (nothing to do where the transaction holds the database's

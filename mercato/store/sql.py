@@ -15,9 +15,10 @@ What a dialect decides:
   one statement is a snapshot by itself and runs without a transaction. Where a write reads a
   row to decide what to write, the dialect locks it (``FOR UPDATE`` on PostgreSQL; SQLite's
   transaction holds the whole database's write lock already);
-* **bulk writes**: the rows of a write or of a seal go in as one dialect-level operation
-  (``merge``), which also unites sketches the backend's way; local-day rows the same
-  (``insert``);
+* **bulk writes**: the rows of a write go in as one dialect-level operation (``merge``),
+  which also unites sketches the backend's way. A seal's final rows and local-day rows
+  replace stored ones, so they need no merging: the old rows are deleted and the new ones
+  inserted in key order (``insert``), in one transaction;
 * **errors**: the driver's errors become the store's (:mod:`mercato.store.errors`). Any error
   inside :meth:`SqlStore.write` or :meth:`SqlStore.write_sealed_hour` is a
   :class:`StoreWriteError` (nothing of it landed); elsewhere a database that is away or a full
@@ -47,7 +48,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mercato.metrics.kernel import OVERFLOW, PARTIAL_SCHEMA, SUM_LIMIT, empty_partials
-from mercato.names import REGISTERED, RUNNING, aggregator_consumer, days_watermark
+from mercato.names import (
+    REGISTERED,
+    RUNNING,
+    aggregator_consumer,
+    days_watermark,
+    stale_days_watermark,
+)
 from mercato.store.base import (
     DefinitionVersion,
     JobRun,
@@ -59,6 +66,7 @@ from mercato.store.base import (
     check_timezone,
     conform_day_partials,
     conform_partials,
+    in_key_order,
     metric_names,
 )
 from mercato.store.dialect import C, Db, Dialect, first_line
@@ -94,6 +102,13 @@ TAKE_LEASE = """
     INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?
+"""
+WHERE_HOUR_ROWS = " WHERE version = ? AND bucket >= ? AND bucket < ?"
+HOUR_ROWS = "FROM final_rollups" + WHERE_HOUR_ROWS
+MARK_STALE = """
+    INSERT INTO watermarks (name, version, value) VALUES (?, ?, ?)
+    ON CONFLICT (name, version) DO UPDATE SET value = excluded.value
+    WHERE excluded.value < watermarks.value
 """
 RUN_COLUMNS = "id, job, params, attempt, status, started_at, finished_at, error, output"
 
@@ -376,27 +391,37 @@ class SqlStore(ABC, Generic[C]):
 
     def write_sealed_hour(
         self, version: int, hour: int, partials: pa.Table, fingerprint: str, events: int
-    ) -> None:
+    ) -> list[str]:
         table = conform_partials(partials)
         end = hour + 3600
         if table.num_rows:
             low, high = pc.min(table["bucket"]).as_py(), pc.max(table["bucket"]).as_py()
             if low < hour or high >= end:
                 raise InvalidPartialsError(f"partials of hour {hour} have buckets outside it")
+        try:
+            table = in_key_order(table)
+        except Exception as exc:  # a repeated key's sketch that is not one
+            cause = f"partials do not merge: {first_line(exc)}"
+            raise StoreWriteError(f"seal of hour {hour} was rolled back: {cause}") from exc
+        after = set(pc.unique(table["merchant_id"]).to_pylist())
+        hour_rows = (version, hour, end)
         with self._db() as db, self._rolled_back(f"seal of hour {hour}"):
-            table = self._dialect.prepare(db.raw, table)
+            self._dialect.make_room(db.raw, table)
             with self._transaction(db, self._dialect.begin_write):
                 _check_version(db, version)
                 # Seals of one hour take turns: under READ COMMITTED a second seal's DELETE
-                # would not see the first's new rows, and its upsert would then add to them
-                # (the hour counted twice). Once it has its turn, its DELETE sees them.
+                # would not see the first's new rows, and its insert would then add to them
+                # (the hour counted twice, or a key conflict). Once it has its turn, its
+                # DELETE sees them.
                 self._dialect.take_turns(db.raw, f"seal/{version}", [hour // 3600 % 2**31])
-                db.execute(
-                    "DELETE FROM final_rollups WHERE version = ? AND bucket >= ? AND bucket < ?",
-                    (version, hour, end),
-                )
-                self._dialect.merge(db.raw, FINAL, version, table)
+                before = db.rows(f"SELECT DISTINCT merchant_id {HOUR_ROWS}", hour_rows)
+                db.execute(f"DELETE {HOUR_ROWS}", hour_rows)
+                # the hour holds no final row now: a plain insert in key order, no upsert
+                self._dialect.insert(db.raw, FINAL, f"version, {COLUMNS}", rows_of(version, table))
                 db.execute(SEAL, (version, hour, fingerprint, events, now_ms()))
+                replaced = sorted(after.union(str(m) for (m,) in before))
+                _mark_stale_days(db, version, hour, replaced)
+        return replaced
 
     def sealed_hours(self, version: int) -> dict[int, SealedHour]:
         with self._db() as db:
@@ -409,14 +434,21 @@ class SqlStore(ABC, Generic[C]):
             for hour, fingerprint, events, ms in rows
         }
 
-    def final_merchants(self, version: int, start: int, end: int) -> list[str]:
+    def final_merchants(
+        self, version: int, start: int, end: int, timezones: Sequence[str] | None = None
+    ) -> list[str]:
+        rows = "SELECT DISTINCT merchant_id FROM final_rollups" + WHERE_HOUR_ROWS
         with self._db() as db:
-            rows = db.rows(
-                "SELECT DISTINCT merchant_id FROM final_rollups"
-                " WHERE version = ? AND bucket >= ? AND bucket < ? ORDER BY merchant_id",
-                (version, start, end),
-            )
-        return [str(m) for (m,) in rows]
+            if timezones is None:
+                found = db.rows(f"{rows} ORDER BY merchant_id", (version, start, end))
+            else:  # the merchants with rows first: far fewer than their rows
+                zone, values = self._dialect.any_of("coalesce(m.timezone, 'UTC')", timezones)
+                found = db.rows(
+                    f"SELECT f.merchant_id FROM ({rows}) AS f LEFT JOIN merchants AS m"
+                    f" ON m.merchant_id = f.merchant_id WHERE {zone} ORDER BY f.merchant_id",
+                    (version, start, end, *values),
+                )
+        return [str(m) for (m,) in found]
 
     def layer_totals(
         self, version: int, start: int, end: int, period: int = 86_400, layer: Layer = "final"
@@ -475,6 +507,11 @@ class SqlStore(ABC, Generic[C]):
             self._dialect.insert(db.raw, DAILY, f"version, {DAY_COLUMNS}", rows_of(version, table))
             if days_through is not None:
                 db.execute(SET_WATERMARK, (days_watermark(merchant_id), version, days_through))
+            db.execute(  # the days a seal changed under are derived again now
+                "DELETE FROM watermarks"
+                " WHERE name = ? AND version = ? AND value >= ? AND value < ?",
+                (stale_days_watermark(merchant_id), version, start, end),
+            )
 
     def read_days(
         self,
@@ -506,6 +543,36 @@ class SqlStore(ABC, Generic[C]):
                 (version,),
             )
         return [str(name).split("/", 1)[1] for (name,) in rows]
+
+    def stale_days(self, version: int) -> dict[str, int]:
+        with self._db() as db:
+            rows = db.rows(
+                "SELECT name, value FROM watermarks WHERE version = ? AND name LIKE 'days_stale/%'",
+                (version,),
+            )
+        return {str(name).split("/", 1)[1]: int(value) for name, value in rows}
+
+    def merchant_timezones(self, merchant_ids: Sequence[str]) -> dict[str, str]:
+        zones: dict[str, str] = {}
+        with self._db() as db:
+            for at in range(0, len(merchant_ids), 500):  # within any SQLite's variables
+                chunk = merchant_ids[at : at + 500]
+                merchant, values = self._dialect.any_of("merchant_id", chunk)
+                zones.update(
+                    db.rows(
+                        f"SELECT merchant_id, timezone FROM merchants WHERE {merchant}"
+                        " AND timezone IS NOT NULL",
+                        values,
+                    )
+                )
+        return zones
+
+    def timezones_in_use(self) -> list[str]:
+        with self._db() as db:
+            rows = db.rows(
+                "SELECT DISTINCT timezone FROM merchants WHERE timezone IS NOT NULL ORDER BY 1"
+            )
+        return [str(zone) for (zone,) in rows]
 
     def set_merchant_timezone(self, merchant_id: str, timezone: str) -> None:
         check_timezone(timezone)
@@ -625,6 +692,25 @@ class SqlStore(ABC, Generic[C]):
         except self._dialect.error as exc:
             cause = self._dialect.cause(exc)
             raise StoreWriteError(f"{what} was rolled back: {first_line(cause)}") from cause
+
+
+def _mark_stale_days(db: Db[Any], version: int, hour: int, merchants: list[str]) -> None:
+    """Record that the final rows of ``merchants`` changed in ``hour``, for those whose
+    derived local days cover it: their days are derived again even if the seal stops before
+    (see :meth:`SqlStore.stale_days`)."""
+    covered = []
+    for at in range(0, len(merchants), 500):  # within any SQLite's variables
+        names, values = db.dialect.any_of(
+            "name", [days_watermark(m) for m in merchants[at : at + 500]]
+        )
+        covered += db.rows(
+            f"SELECT name FROM watermarks WHERE version = ? AND {names} AND value > ?",
+            (version, *values, hour),
+        )
+    db.many(
+        MARK_STALE,
+        [(stale_days_watermark(name.split("/", 1)[1]), version, hour) for (name,) in covered],
+    )
 
 
 def _check_version(db: Db[Any], version: int) -> None:

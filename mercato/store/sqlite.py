@@ -20,8 +20,9 @@ pool, the schema and the dialect: a write transaction is ``BEGIN IMMEDIATE`` (th
 up front, so a busy writer waits at ``BEGIN`` for ``busy_timeout`` instead of failing half
 way when a read transaction would need upgrading), a read snapshot a deferred ``BEGIN``; a
 write's rows go in sorted, by ``executemany`` of one upsert whose sketches unite in the
-registered function ``merge_sketches`` (the kernel's); a full or failing disk makes the store
-unavailable.
+registered function ``merge_sketches`` (the kernel's); rows that replace stored ones (a sealed
+hour, local days) by ``executemany`` of a plain insert in key order, after deleting the old
+ones; a full or failing disk makes the store unavailable.
 
 The schema is created and upgraded by the store itself: ``PRAGMA user_version`` is the number
 of :data:`MIGRATIONS` applied; a database newer than this code is refused.

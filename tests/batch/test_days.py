@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow.compute as pc
+import pytest
+
 from mercato.aggregator.aggregator import Aggregator
+from mercato.archive.layout import open_storage, read_state
 from mercato.batch.duckdb import DuckDbEngine
+from mercato.batch.engine import Rollup
 from mercato.batch.seal import seal
 from mercato.config import StoreConfig
 from mercato.events.model import NormalizedEvent, encode_event
@@ -18,8 +23,9 @@ from mercato.log.base import Record
 from mercato.log.memory import MemoryLog
 from mercato.metrics.definitions import load_definitions
 from mercato.metrics.periods import periods
-from mercato.names import SEALED_THROUGH
+from mercato.names import SEALED_THROUGH, days_watermark
 from mercato.query.series import MerchantView, timeseries
+from mercato.store.errors import StoreUnavailableError
 from mercato.store.sqlite import SqliteStore
 from tests.batch.test_seal import run_archiver
 
@@ -148,4 +154,190 @@ def test_a_day_completes_when_the_watermark_passes_its_midnight(tmp_path: Path) 
     second = seal(store, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0))
     assert second.sealed == []
     assert [r[5] for r in store.read_days(version, "m_np", ["orders"], 0, 2**40)] == [1]
+    engine.close()
+
+
+# -- what a seal derives: the merchants whose hours changed, and the days that completed --------
+
+D = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+class Recorder:
+    """The store, recording each call and its arguments."""
+
+    def __init__(self, store: SqliteStore, fail: str | None = None) -> None:
+        self._store = store
+        self._fail = fail
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self._store, name)
+
+        def call(*args: object) -> object:
+            self.calls.append((name, args))
+            if name == self._fail:
+                raise StoreUnavailableError("injected")
+            return method(*args)
+
+        return call
+
+    def naming(self, merchant: str) -> list[str]:
+        """The calls that named ``merchant``: as an argument, in a list, or by a watermark."""
+        names = (merchant, days_watermark(merchant))
+        return [
+            name
+            for name, args in self.calls
+            if any(a in names or (isinstance(a, list) and merchant in a) for a in args)
+        ]
+
+
+class Erasing:
+    """The engine, leaving one merchant's events out (as an erasure from the archive would)."""
+
+    name = "erasing"
+
+    def __init__(self, engine: DuckDbEngine, merchant: str) -> None:
+        self._engine = engine
+        self._merchant = merchant
+
+    def rollup(self, paths: list[str], definitions: object, filesystem: object = None) -> Rollup:
+        rolled = self._engine.rollup(paths, DEFINITIONS, filesystem)
+        keep = pc.not_equal(rolled.partials["merchant_id"], self._merchant)
+        return Rollup(rolled.partials.filter(keep), rolled.events, rolled.rows)
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+def order(merchant: str, when: datetime, n: int) -> Record:
+    event = NormalizedEvent(
+        event_id=f"{merchant}-{when:%d%H%M}-{n}", merchant_id=merchant, type="order_completed",
+        event_time=when, received_at=datetime.now(UTC),
+        properties={"amount": 100 + n, "channel": "web"},
+    )  # fmt: skip
+    return Record(merchant, encode_event(event))
+
+
+def archived(tmp_path: Path, records: list[Record]) -> Path:
+    log = MemoryLog(partitions=2)
+    log.append(records)
+    run_archiver(log, tmp_path / "archive")
+    return tmp_path / "archive"
+
+
+def until(archive: Path, complete: datetime) -> timedelta:
+    """The grace that makes the hours of ``archive`` complete up to ``complete``."""
+    watermark = read_state(open_storage(archive)).watermark()
+    assert watermark is not None
+    return watermark - complete
+
+
+def day_orders(store: SqliteStore, version: int, merchant: str, day: datetime) -> int | None:
+    start = int(day.timestamp())
+    rows = store.read_days(version, merchant, ["orders"], start, start + 1)
+    return rows[0][5] if rows else None
+
+
+def test_sealing_an_hour_derives_nothing_of_merchants_without_rows_in_it(tmp_path: Path) -> None:
+    evening = D - timedelta(hours=4)  # m_c's day before: complete once D's midnight is sealed
+    archive = archived(
+        tmp_path,
+        [order("m_c", evening, n) for n in range(3)]
+        + [order(m, D + timedelta(hours=10, minutes=n), n) for m in ("m_a", "m_b") for n in (1, 2)],
+    )
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    engine = DuckDbEngine()
+    first = seal(store, archive, DEFINITIONS, engine, grace=until(archive, D + timedelta(hours=10)))
+    assert day_orders(store, first.version, "m_c", D - timedelta(days=1)) == 3
+    recorder = Recorder(store)
+    report = seal(recorder, archive, DEFINITIONS, engine,  # type: ignore[arg-type]
+                  grace=until(archive, D + timedelta(hours=11)))  # fmt: skip
+    assert [h.hour for h in report.sealed] == [D + timedelta(hours=10)]
+    assert report.days == 0  # m_a's and m_b's day is not complete yet
+    assert recorder.naming("m_c") == []  # not a read, not a write
+    assert "merchant_timezones" in recorder.naming("m_a")
+    engine.close()
+
+
+def test_a_reseal_that_removes_a_merchants_rows_derives_its_day_again(tmp_path: Path) -> None:
+    archive = archived(
+        tmp_path,
+        [order("m_a", D + timedelta(hours=8), n) for n in range(2)]
+        + [order(m, D + timedelta(hours=10), n) for m in ("m_a", "m_b") for n in range(5, 8)],
+    )
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    engine = DuckDbEngine()
+    version = seal(store, archive, DEFINITIONS, engine, grace=timedelta(0)).version
+    assert day_orders(store, version, "m_a", D) == 5
+    ten = D + timedelta(hours=10)
+    report = seal(store, archive, DEFINITIONS, Erasing(engine, "m_a"), grace=timedelta(0),  # type: ignore[arg-type]
+                  start=ten, end=ten + timedelta(hours=1), force=True)  # fmt: skip
+    assert [h.hour for h in report.sealed] == [ten]
+    assert store.final_merchants(version, int(ten.timestamp()), int(ten.timestamp()) + 3600) == [
+        "m_b"
+    ]
+    assert day_orders(store, version, "m_a", D) == 2  # its day follows the hour's rows
+    assert day_orders(store, version, "m_b", D) == 3
+    assert daily(store, version, "m_a", "UTC", True) == daily(store, version, "m_a", "UTC", False)
+    engine.close()
+
+
+def test_days_a_seal_left_underived_are_derived_by_the_next_seal(tmp_path: Path) -> None:
+    evening = D - timedelta(hours=4)
+    archive = archived(tmp_path, [order("m_x", evening, n) for n in range(4)])
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    engine = DuckDbEngine()
+    first = seal(store, archive, DEFINITIONS, engine, grace=until(archive, D - timedelta(hours=2)))
+    assert first.days == 0  # its day is not complete
+    # the watermark passes midnight, and the seal stops before it derives the day
+    failing = Recorder(store, fail="replace_days")
+    with pytest.raises(StoreUnavailableError):
+        seal(failing, archive, DEFINITIONS, engine,  # type: ignore[arg-type]
+             grace=until(archive, D + timedelta(hours=1)))  # fmt: skip
+    assert store.watermark(SEALED_THROUGH, first.version) == int(
+        (D + timedelta(hours=1)).timestamp()
+    )
+    assert day_orders(store, first.version, "m_x", D - timedelta(days=1)) is None
+    again = seal(store, archive, DEFINITIONS, engine, grace=until(archive, D + timedelta(hours=1)))
+    assert again.sealed == []
+    assert again.days == 1
+    assert day_orders(store, first.version, "m_x", D - timedelta(days=1)) == 4
+    engine.close()
+
+
+def test_days_a_reseal_made_stale_are_derived_by_the_next_seal(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=2)
+    log.append([order("m_a", D + timedelta(hours=9), n) for n in range(3)])
+    run_archiver(log, tmp_path / "archive")
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    engine = DuckDbEngine()
+    version = seal(store, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0)).version
+    assert day_orders(store, version, "m_a", D) == 3
+    log.append([order("m_a", D + timedelta(hours=9, minutes=30), 9)])  # late, in a derived day
+    run_archiver(log, tmp_path / "archive")
+    failing = Recorder(store, fail="replace_days")
+    with pytest.raises(StoreUnavailableError):  # sealed, then stopped before deriving
+        seal(failing, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0))  # type: ignore[arg-type]
+    assert day_orders(store, version, "m_a", D) == 3
+    again = seal(store, tmp_path / "archive", DEFINITIONS, engine, grace=timedelta(0))
+    assert again.sealed == []
+    assert day_orders(store, version, "m_a", D) == 4
+    assert store.stale_days(version) == {}
+    engine.close()
+
+
+def test_a_midnight_derives_the_days_of_its_zone_only(tmp_path: Path) -> None:
+    morning = D - timedelta(hours=14)  # 10:00 UTC: Kolkata's day ends at 18:30, UTC's at 24:00
+    archive = archived(tmp_path, [order(m, morning, n) for m in ("m_in", "m_utc") for n in (1, 2)])
+    store = SqliteStore(tmp_path / "store.sqlite3", StoreConfig())
+    store.set_merchant_timezone("m_in", "Asia/Kolkata")
+    engine = DuckDbEngine()
+    first = seal(store, archive, DEFINITIONS, engine, grace=until(archive, D - timedelta(hours=1)))
+    assert first.days == 1  # Kolkata's
+    recorder = Recorder(store)
+    second = seal(recorder, archive, DEFINITIONS, engine, grace=until(archive, D))  # type: ignore[arg-type]
+    assert second.sealed == []
+    assert second.days == 1  # UTC's, now complete
+    assert day_orders(store, first.version, "m_utc", D - timedelta(days=1)) == 2
+    assert recorder.naming("m_in") == []
     engine.close()

@@ -322,6 +322,53 @@ def test_resealing_an_hour_replaces_its_final_rows_for_every_merchant(
         store.write_sealed_hour(99, 0, partials(row(bucket=0)), "d", 1)
 
 
+def test_a_seal_says_whose_final_rows_it_replaced(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    first = partials(row("m2", bucket=0), row("m1", bucket=900), row("m1", bucket=0))
+    assert store.write_sealed_hour(v, 0, first, "a", 3) == ["m1", "m2"]
+    assert store.write_sealed_hour(v, 3600, partials(row("m4", bucket=3600)), "b", 1) == ["m4"]
+    # m2's rows go: it is named all the same, beside m3 whose rows come
+    again = partials(row("m3", bucket=0), row("m1", bucket=0, count=7))
+    assert store.write_sealed_hour(v, 0, again, "c", 2) == ["m1", "m2", "m3"]
+    assert store.write_sealed_hour(v, 0, partials(), "d", 0) == ["m1", "m3"]
+    assert store.write_sealed_hour(v, 0, partials(), "e", 0) == []
+    assert store.final_merchants(v, 0, 7200) == ["m4"]
+
+
+def test_rows_of_one_key_twice_in_a_seal_both_count(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    a, b = hll(["x", "y"]), hll(["y", "z"])
+    rows = partials(
+        row(bucket=900, count=2, sum=5, min=1, max=4, sketch=a),
+        row("m0", bucket=0),
+        row(bucket=900, count=3, sum=None, min=0, max=3, sketch=b),
+    )
+    store.write_sealed_hour(v, 0, rows, "f", 3)
+    (stored,) = store.read(v, "m1", ["orders"], *EVERYTHING, "", 3600).to_pylist()
+    assert (stored["count"], stored["sum"], stored["min"], stored["max"]) == (5, 5, 0, 4)
+    assert round(sketch_estimate(stored["sketch"])) == 3
+    assert store.read(v, "m0", ["orders"], *EVERYTHING, "", 3600).num_rows == 1
+    broken = partials(row(bucket=0, sketch=a), row(bucket=0, sketch=b"H-not-a-sketch"))
+    with pytest.raises(StoreWriteError, match="do not merge"):
+        store.write_sealed_hour(v, 0, broken, "g", 2)
+    assert store.sealed_hours(v)[0].fingerprint == "f"
+
+
+def test_a_seal_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    v = versioned(store)
+    store.write_sealed_hour(v, 0, partials(row("m1", bucket=0, count=4)), "f", 4)
+    # the seal is recorded last, in the transaction that replaced the rows: make it fail
+    with pytest.raises(StoreWriteError):
+        store.write_sealed_hour(v, 0, partials(row("m2", bucket=0)), None, 1)  # type: ignore[arg-type]
+    assert store.final_merchants(v, 0, 3600) == ["m1"]
+    (kept,) = store.read(v, "m1", ["orders"], *EVERYTHING, "", 3600).to_pylist()
+    assert kept["count"] == 4
+    assert store.sealed_hours(v)[0].fingerprint == "f"
+
+
 def test_watermarks_per_name_and_version(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
@@ -485,6 +532,28 @@ def test_local_days_replace_read_and_go_with_a_timezone_change(
     assert store.days_to_rederive(v) == ["m1"]
 
 
+def test_a_seal_under_derived_days_marks_them_stale_until_they_are_replaced(
+    store_factory: StoreFactory,
+) -> None:
+    store = store_factory()
+    v = versioned(store)
+    day = 86_400
+    store.replace_days(v, "m1", 0, day, partials(row("m1", bucket=0)), days_through=day)
+    store.replace_days(v, "m2", 0, day, partials(row("m2", bucket=0)), days_through=day)
+    store.write_sealed_hour(v, 2 * 3600, partials(row("m1", bucket=2 * 3600)), "a", 1)
+    store.write_sealed_hour(v, 5 * 3600, partials(row("m1", bucket=5 * 3600)), "b", 1)
+    store.write_sealed_hour(v, day, partials(row("m2", bucket=day), row("m3", bucket=day)), "c", 2)
+    # m1's days cover its hours (the first one stands); m2's and m3's do not cover theirs
+    assert store.stale_days(v) == {"m1": 2 * 3600}
+    assert store.stale_days(v + 1) == {}
+    store.replace_days(v, "m1", 3 * 3600, day, partials())  # not from that hour's day on
+    assert store.stale_days(v) == {"m1": 2 * 3600}
+    store.replace_days(v, "m1", 0, day, partials(row("m1", bucket=0, count=2)))
+    assert store.stale_days(v) == {}
+    store.write_sealed_hour(v, 5 * 3600, partials(), "d", 0)  # m1's rows go: stale all the same
+    assert store.stale_days(v) == {"m1": 5 * 3600}
+
+
 def test_reads_by_day_take_days_then_final_then_speed_rows(store_factory: StoreFactory) -> None:
     store = store_factory()
     v = versioned(store)
@@ -512,6 +581,15 @@ def test_merchants_with_final_rows_in_a_range(store_factory: StoreFactory) -> No
     assert store.final_merchants(v, 0, 3600) == ["m1", "m2"]
     assert store.final_merchants(v, 0, 7200) == ["m1", "m2", "m3"]
     assert store.final_merchants(v + 1, 0, 7200) == []
+    # by time zone: a merchant without one is in UTC
+    store.set_merchant_timezone("m2", "Asia/Kolkata")
+    store.set_merchant_timezone("m3", "UTC")
+    store.set_merchant_timezone("m9", "Asia/Kolkata")  # no final rows
+    assert store.final_merchants(v, 0, 7200, ["UTC"]) == ["m1", "m3"]
+    assert store.final_merchants(v, 0, 7200, ["Asia/Kolkata"]) == ["m2"]
+    assert store.final_merchants(v, 0, 7200, ["Asia/Kolkata", "UTC"]) == ["m1", "m2", "m3"]
+    assert store.final_merchants(v, 3600, 7200, ["Asia/Kolkata"]) == []
+    assert store.final_merchants(v, 0, 7200, ["America/New_York"]) == []
 
 
 def test_a_write_failing_half_way_changes_nothing(store_factory: StoreFactory) -> None:
@@ -697,6 +775,16 @@ def test_merchant_timezone(store_factory: StoreFactory) -> None:
         with pytest.raises(InvalidTimezoneError, match="time zone"):
             store.set_merchant_timezone("m1", bad)
     assert store.merchant_timezone("m1") == "America/St_Johns"
+    assert store.merchant_timezones(["m2", "m0", "m1"]) == {
+        "m1": "America/St_Johns",
+        "m2": "UTC",
+    }
+    many = [f"m{i:04d}" for i in range(1200)]  # more than one statement's worth
+    for merchant in many[::300]:
+        store.set_merchant_timezone(merchant, "Asia/Tokyo")
+    assert store.merchant_timezones(many) == dict.fromkeys(many[::300], "Asia/Tokyo")
+    assert store.merchant_timezones([]) == {}
+    assert store.timezones_in_use() == ["America/St_Johns", "Asia/Tokyo", "UTC"]
 
 
 def test_closed_store_refuses_work(store_factory: StoreFactory) -> None:
