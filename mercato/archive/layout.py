@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -191,6 +192,8 @@ def list_files(root: Root, hour: datetime) -> list[ArchiveFile]:
 
 
 _state_decoder = msgspec.json.Decoder(ArchiveState)
+STATE_READS = 20  # reads of a state object that does not decode, STATE_READ_PAUSE apart
+STATE_READ_PAUSE = 0.5
 _state_encoder = msgspec.json.Encoder()
 
 
@@ -234,14 +237,22 @@ def _time_key(state: PartitionState) -> float:
 
 
 def _read_state_file(storage: ArchiveStorage, relative: str) -> ArchiveState:
-    data = storage.read_bytes(relative)
-    if data is None:  # deleted since the listing
-        return ArchiveState()
-    try:
-        return _state_decoder.decode(data)
-    except msgspec.MsgspecError as exc:
-        message = f"{storage.path(relative)} is not an archive state: {exc}"
-        raise ArchiveLayoutError(message) from None
+    """The state in ``relative``. One that does not decode is read again for a while before
+    it is an error: S3 shows an object whole or not at all, but S3-compatible stores may not
+    (moto's server has shown another archiver's state half written), and that archiver
+    writes it again."""
+    for attempt in range(STATE_READS):
+        data = storage.read_bytes(relative)
+        if data is None:  # deleted since the listing
+            return ArchiveState()
+        try:
+            return _state_decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            if attempt == STATE_READS - 1 or storage.local:  # a local write is atomic
+                message = f"{storage.path(relative)} is not an archive state: {exc}"
+                raise ArchiveLayoutError(message) from None
+            time.sleep(STATE_READ_PAUSE)
+    raise AssertionError("unreachable")
 
 
 def update_state(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from mercato.archive.archiver import Archiver
 from mercato.archive.compaction import compact_all
-from mercato.archive.errors import ArchiveUnavailableError
+from mercato.archive.errors import ArchiveLayoutError, ArchiveUnavailableError
 from mercato.archive.layout import Root, committed_files, list_files, list_hours, read_state
 from mercato.archive.reader import read_committed
 from mercato.archive.storage import ArchiveStorage
@@ -292,3 +293,25 @@ def test_two_archivers_splitting_the_partitions_of_an_s3_archive_read_every_even
     ]
     with closing(open_log(config)) as log:
         assert_exactly_once(root, log)
+
+
+def test_a_state_object_seen_half_written_is_read_again(s3_root: S3Root) -> None:
+    # S3 shows an object whole or not at all; moto's server has shown one half written while
+    # another archiver replaced it: a reader waits for the whole one rather than stopping
+    storage = s3_root.storage()
+    whole = b'{"partitions":{"0":{"next_offset":7}}}'
+    storage.write_atomic("_state/archiver-0.json", lambda out: out.write(whole[:11]), tag="t")
+    fixer = threading.Timer(
+        1.0,
+        lambda: storage.write_atomic(
+            "_state/archiver-0.json", lambda out: out.write(whole), tag="t"
+        ),
+    )
+    fixer.start()
+    try:
+        assert read_state(storage).next_offsets() == {0: 7}
+    finally:
+        fixer.join()
+    storage.write_atomic("_state/archiver-0.json", lambda out: out.write(b"{"), tag="t")
+    with pytest.raises(ArchiveLayoutError, match="is not an archive state"):
+        read_state(storage)  # still broken after the reads: an error, never a guess
